@@ -20,14 +20,14 @@ def _command_module(name: str):
     return importlib.import_module(f"app.commands.{name.replace('-', '_')}")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(commands: Sequence[str] = COMMANDS) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llmlens",
         description="See inside a local language model. With no command, opens the window "
                     "(optionally on MODEL.gguf).",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
+    for name in commands:
         _command_module(name).add_parser(sub)
     return parser
 
@@ -39,7 +39,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from app.gui import run_gui
 
         return run_gui(argv)
-    args = build_parser().parse_args(argv)
+    # Only the invoked command's module is imported: `llmlens info` never pays for torch.
+    commands = COMMANDS if argv[0] in ("-h", "--help") else (argv[0],)
+    args = build_parser(commands).parse_args(argv)
     try:
         return int(_command_module(args.command).run(args) or 0)
     except LLMLensError as exc:

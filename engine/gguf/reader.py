@@ -132,6 +132,33 @@ def _min_value_size(value_type: int) -> int:
     return struct.calcsize("<" + _SCALAR_FORMATS[value_type][1])
 
 
+_U64 = struct.Struct("<Q")
+
+
+def _read_string_array(cur: _Cursor, n: int, key: str) -> list[str]:
+    """The hot loop of opening a file (a vocabulary is 30k-260k strings), kept tight."""
+    buf, pos, end, unpack = cur.buf, cur.pos, len(cur.buf), _U64.unpack_from
+    out: list[str] = []
+    append = out.append
+    for _ in range(n):
+        if pos + 8 > end:
+            cur.pos = pos
+            cur.need(8, f"length of an item of {key}")
+        (length,) = unpack(buf, pos)
+        pos += 8
+        if length > end - pos:
+            cur.pos = pos
+            cur.need(length, f"item of {key}")
+        raw = bytes(buf[pos:pos + length])
+        pos += length
+        try:
+            append(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            append(raw.decode("utf-8", errors="replace"))
+    cur.pos = pos
+    return out
+
+
 def _read_value(cur: _Cursor, value_type: int, key: str) -> tuple[Any, str]:
     if value_type in _SCALAR_FORMATS:
         name, fmt = _SCALAR_FORMATS[value_type]
@@ -150,7 +177,7 @@ def _read_value(cur: _Cursor, value_type: int, key: str) -> tuple[Any, str]:
             cur.pos += n * dtype.itemsize
             return arr, f"array[{type_name_of(item_type)}]"
         if item_type == _STRING:
-            return [cur.string(f"item of {key}") for _ in range(n)], "array[string]"
+            return _read_string_array(cur, n, key), "array[string]"
         items = [_read_value(cur, item_type, key)[0] for _ in range(n)]
         return items, "array[array]"
     raise cur.fail(f"metadata key {key!r} has unknown value type {value_type}")

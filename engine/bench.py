@@ -1,0 +1,123 @@
+"""Throughput and memory measurement in the style of llama-bench.
+
+One rep = load the model, process an `n_prompt`-token prompt in one batch, then decode `n_gen`
+tokens greedily one at a time (EOS ignored, so every rep does the same work), plus a separate
+32-token prompt for time to first token. Model memory is peak RSS minus the RSS the process
+had after its imports and before the first load, which is what the performance goals bound.
+"""
+
+from __future__ import annotations
+
+import gc
+import resource
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import psutil
+import torch
+
+TTFT_PROMPT_TOKENS = 32
+
+
+def rss_mb() -> float:
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def peak_rss_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+def bench_prompt_ids(n: int, n_vocab: int, bos_id: int | None) -> list[int]:
+    """Deterministic pseudo-random ids, like llama-bench: content does not change the cost."""
+    gen = torch.Generator().manual_seed(1234)
+    ids = torch.randint(100, max(101, n_vocab - 1), (n,), generator=gen).tolist()
+    if bos_id is not None and n:
+        ids[0] = bos_id
+    return ids
+
+
+@dataclass
+class RepResult:
+    load_s: float
+    prompt_tok_s: float
+    gen_tok_s: float
+    ttft_s: float
+
+
+@dataclass
+class BenchResult:
+    model: str
+    threads: int
+    n_prompt: int
+    n_gen: int
+    file_size_mb: float
+    rss_before_load_mb: float
+    peak_rss_mb: float
+    reps: list[RepResult] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "model": self.model, "threads": self.threads, "n_prompt": self.n_prompt,
+            "n_gen": self.n_gen, "reps": len(self.reps), "file_size_mb": round(self.file_size_mb, 1),
+            "rss_before_load_mb": round(self.rss_before_load_mb, 1),
+            "peak_rss_mb": round(self.peak_rss_mb, 1),
+            "model_memory_mb": round(self.peak_rss_mb - self.rss_before_load_mb, 1),
+        }
+        out["model_memory_ratio"] = round(out["model_memory_mb"] / self.file_size_mb, 3)
+        for key in ("prompt_tok_s", "gen_tok_s", "ttft_s", "load_s"):
+            values = [getattr(r, key) for r in self.reps]
+            out[key] = round(statistics.median(values), 4)
+            out[f"{key}_min"] = round(min(values), 4)
+            out[f"{key}_max"] = round(max(values), 4)
+        return out
+
+
+def _timed_prefill(model, ids: list[int], n_ctx: int) -> tuple[float, torch.Tensor, Any]:
+    cache = model.new_cache(n_ctx)
+    t0 = time.perf_counter()
+    logits = model.forward(torch.tensor(ids, dtype=torch.long), cache, 0)
+    next_id = int(torch.argmax(logits[-1]))
+    return time.perf_counter() - t0, torch.tensor([next_id]), cache
+
+
+def run_bench(path: str | Path, n_prompt: int = 512, n_gen: int = 128, threads: int | None = None,
+              reps: int = 3, progress: Callable[[str], None] | None = None) -> BenchResult:
+    from engine.models.base import load_model
+    from engine.threads import default_threads
+
+    threads = threads or default_threads()
+    torch.set_num_threads(threads)
+    path = Path(path)
+    gc.collect()
+    result = BenchResult(model=str(path), threads=threads, n_prompt=n_prompt, n_gen=n_gen,
+                         file_size_mb=path.stat().st_size / 2**20,
+                         rss_before_load_mb=rss_mb(), peak_rss_mb=0.0)
+    n_ctx = max(n_prompt, TTFT_PROMPT_TOKENS) + n_gen + 8
+    for rep in range(reps):
+        t0 = time.perf_counter()
+        model = load_model(path, n_ctx=n_ctx, threads=threads)
+        load_s = time.perf_counter() - t0
+        bos = getattr(model, "bos_id", None)
+        with torch.inference_mode():
+            ttft_s, _, _ = _timed_prefill(model, bench_prompt_ids(TTFT_PROMPT_TOKENS, model.n_vocab, bos), n_ctx)
+            prompt_s, token, cache = _timed_prefill(model, bench_prompt_ids(n_prompt, model.n_vocab, bos), n_ctx)
+            t0 = time.perf_counter()
+            for pos in range(n_prompt, n_prompt + n_gen):
+                logits = model.forward(token, cache, pos)
+                token = torch.argmax(logits[-1]).reshape(1)
+            gen_s = time.perf_counter() - t0
+        result.reps.append(RepResult(load_s=load_s, prompt_tok_s=n_prompt / prompt_s,
+                                     gen_tok_s=n_gen / gen_s, ttft_s=ttft_s))
+        if progress:
+            r = result.reps[-1]
+            progress(f"rep {rep + 1}/{reps}: load {r.load_s:.2f} s, prompt {r.prompt_tok_s:.1f} tok/s, "
+                     f"decode {r.gen_tok_s:.1f} tok/s, TTFT {r.ttft_s * 1000:.0f} ms")
+        del model, cache
+        gc.collect()
+    result.peak_rss_mb = peak_rss_mb()
+    return result

@@ -1,0 +1,280 @@
+"""Mixture-of-experts building blocks shared by every MoE architecture.
+
+- `route(...)`: the router. Turns router logits into `(indices, weights, probs)` the way
+  llama.cpp's `build_moe_ffn` does (softmax or sigmoid scores, optional selection bias and
+  group limiting, optional renormalisation and scale). `indices`/`weights` are exactly what
+  the routing trace and the UI's routing panel show.
+- `StackedExperts`: one 3-D GGUF tensor `ffn_{gate,up,down}_exps` `[E, out, in]`, kept in its
+  file encoding (a zero-copy view over the memory map). One expert's matrix is a contiguous
+  byte range, so a 16B MoE at Q4_K_M never has more than a few expert matrices decoded at
+  once; quantized experts go through `QuantLinear` (fused kernels over the packed bytes) when
+  the performance engine provides it.
+- `MoEFeedForward`: router + routed SwiGLU experts (+ optional shared expert, optionally gated),
+  with prefill grouped by expert so each selected expert runs once over all its tokens.
+- `routing_trace_json(...)`: the `--trace-routing FILE.json` document.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from gguf.constants import GGMLQuantizationType
+
+from engine.gguf.dequant import dequantize_raw
+
+GATING_SOFTMAX = 1  # gguf.ExpertGatingFuncType values ({arch}.expert_gating_func)
+GATING_SIGMOID = 2
+
+_FLOAT_DTYPES = {
+    int(GGMLQuantizationType.F32): torch.float32,
+    int(GGMLQuantizationType.F16): torch.float16,
+    int(GGMLQuantizationType.BF16): torch.bfloat16,
+}
+
+
+# ----------------------------------------------------------------------------- router
+
+@dataclass(frozen=True)
+class RouterConfig:
+    n_expert: int
+    n_used: int                       # k
+    gating: int = GATING_SOFTMAX      # GATING_SOFTMAX | GATING_SIGMOID
+    norm_weights: bool = False        # renormalise the k selected weights to sum 1
+    scale: float = 1.0                # expert_weights_scale (0 means 1)
+    n_groups: int = 0                 # expert_group_count (DeepSeek group-limited routing)
+    n_groups_used: int = 0            # expert_group_used_count
+
+
+def route(logits: torch.Tensor, cfg: RouterConfig,
+          bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pick k experts per token.
+
+    logits: [T, E] router logits. bias: [E] selection bias (DeepSeek-V3 `exp_probs_b`): it only
+    changes which experts win, never their weights. Returns indices [T, k] (int64, best first),
+    weights [T, k] (f32, what multiplies each expert's output) and probs [T, E] (the full
+    softmax/sigmoid score vector, before bias).
+    """
+    logits = logits.float()
+    if cfg.gating == GATING_SIGMOID:
+        probs = torch.sigmoid(logits)                       # [T, E]
+    else:
+        probs = torch.softmax(logits, dim=-1)               # [T, E]
+    select = probs if bias is None else probs + bias.float()  # [T, E]
+    if cfg.n_groups > 1:
+        # llama.cpp: a group scores the sum of its two best experts; keep the best groups.
+        T = select.shape[0]
+        groups = select.view(T, cfg.n_groups, -1)           # [T, G, E/G]
+        group_scores = groups.topk(2, dim=-1).values.sum(-1)  # [T, G]
+        keep = group_scores.topk(cfg.n_groups_used, dim=-1).indices  # [T, Gu]
+        mask = torch.ones_like(group_scores, dtype=torch.bool).scatter_(1, keep, False)
+        select = groups.masked_fill(mask[..., None], float("-inf")).view(T, -1)
+    indices = select.topk(cfg.n_used, dim=-1).indices       # [T, k], best first
+    weights = probs.gather(1, indices)                      # [T, k]
+    if cfg.norm_weights:
+        weights = weights / weights.sum(-1, keepdim=True).clamp_min(6.103515625e-5)
+    if cfg.scale not in (0.0, 1.0):
+        weights = weights * cfg.scale
+    return indices, weights, probs
+
+
+# ----------------------------------------------------------------------------- expert weights
+
+def _quant_linear_class() -> Any:
+    """The performance engine's packed-weight linear, if it exists yet (optional dependency)."""
+    try:
+        from engine.quant_linear import QuantLinear  # noqa: PLC0415
+    except ImportError:
+        return None
+    return QuantLinear
+
+
+class StackedExperts:
+    """A stacked expert tensor `[E, out, in]` kept in its GGUF encoding.
+
+    `matmul(e, x)` computes `x @ W_e.T` for one expert, x `[n, in]` -> `[n, out]`, touching only
+    that expert's bytes. Float tensors are torch views over the memory map (f16/bf16 experts are
+    upcast one expert at a time); quantized ones use `QuantLinear` per expert when available,
+    else decode that one expert on use (memory-safe, slower).
+    """
+
+    def __init__(self, raw: np.ndarray, ggml_type: int, shape: Sequence[int], name: str = ""):
+        if len(shape) != 3:
+            raise ValueError(f"{name}: expected a 3-D expert tensor, got shape {tuple(shape)}")
+        self.name = name
+        self.ggml_type = int(ggml_type)
+        self.n_expert, self.n_out, self.n_in = (int(s) for s in shape)
+        if raw.nbytes % self.n_expert:
+            raise ValueError(f"{name}: {raw.nbytes} bytes do not split into {self.n_expert} experts")
+        self.expert_bytes = raw.nbytes // self.n_expert
+        self._raw = raw.reshape(-1)
+        self._dense: torch.Tensor | None = None
+        self._linears: dict[int, Any] = {}
+        self._qlin = None
+        if self.ggml_type in _FLOAT_DTYPES:
+            arr = self._raw.view(np.dtype(_np_float(self.ggml_type)))
+            with warnings.catch_warnings():
+                # The mmap is read-only; we never write through this view.
+                warnings.simplefilter("ignore", UserWarning)
+                t = torch.from_numpy(arr) if self.ggml_type != int(GGMLQuantizationType.BF16) \
+                    else torch.from_numpy(self._raw.view(np.int16)).view(torch.bfloat16)
+            self._dense = t.view(self.n_expert, self.n_out, self.n_in)  # [E, out, in]
+        else:
+            self._qlin = _quant_linear_class()
+
+    @classmethod
+    def from_gguf(cls, gf: Any, name: str) -> "StackedExperts":
+        info = gf.tensor(name)
+        return cls(gf.raw(info), info.ggml_type, info.shape, name)
+
+    def expert_raw(self, e: int) -> np.ndarray:
+        """Bytes of expert e's `[out, in]` matrix (a view)."""
+        return self._raw[e * self.expert_bytes:(e + 1) * self.expert_bytes]
+
+    def weight(self, e: int) -> torch.Tensor:
+        """Expert e's matrix as float32 `[out, in]` (decodes only that expert)."""
+        if self._dense is not None:
+            return self._dense[e].float()
+        return dequantize_raw(self.expert_raw(e), self.ggml_type, (self.n_out, self.n_in))
+
+    def matmul(self, e: int, x: torch.Tensor) -> torch.Tensor:
+        # x: [n, in] -> [n, out]
+        if self._dense is not None:
+            w = self._dense[e]
+            return x @ (w if w.dtype == torch.float32 else w.float()).T
+        if self._qlin is not None:
+            lin = self._linears.get(e)
+            if lin is None:
+                lin = self._linears[e] = _make_quant_linear(
+                    self._qlin, self.expert_raw(e), self.ggml_type, self.n_out, self.n_in)
+            if lin is not None:
+                return lin(x)
+            self._qlin = None  # this type has no packed kernel: decode on use from now on
+        return x @ self.weight(e).T
+
+    @property
+    def nbytes(self) -> int:
+        return self._raw.nbytes
+
+
+def _np_float(ggml_type: int) -> type:
+    return np.float32 if ggml_type == int(GGMLQuantizationType.F32) else np.float16
+
+
+def _make_quant_linear(cls: Any, raw: np.ndarray, ggml_type: int, n_out: int, n_in: int) -> Any:
+    """Build a QuantLinear over one expert's bytes; None when the kernel does not take the type."""
+    try:
+        return cls(raw, ggml_type, (n_out, n_in))
+    except Exception:  # noqa: BLE001 - unsupported type/shape: fall back to decode-on-use
+        return None
+
+
+# ----------------------------------------------------------------------------- MoE FFN
+
+class MoEFeedForward:
+    """Router + routed SwiGLU experts + optional shared expert.
+
+    gate_inp: Linear-like router `[T, D] -> [T, E]`; gate/up/down: StackedExperts;
+    shared: callable `[T, D] -> [T, D]` (a dense SwiGLU) or None; shared_gate: Linear-like
+    `[T, D] -> [T, 1]` whose sigmoid scales the shared expert (Qwen2-MoE) or None.
+    """
+
+    def __init__(self, cfg: RouterConfig, gate_inp: Any, gate: StackedExperts, up: StackedExperts,
+                 down: StackedExperts, probs_bias: torch.Tensor | None = None,
+                 shared: Any = None, shared_gate: Any = None):
+        self.cfg, self.gate_inp = cfg, gate_inp
+        self.gate, self.up, self.down = gate, up, down
+        self.probs_bias = probs_bias
+        self.shared, self.shared_gate = shared, shared_gate
+
+    def __call__(self, x: torch.Tensor, layer: int = -1, recorder: Any = None) -> torch.Tensor:
+        # x: [T, D]
+        logits = self.gate_inp(x)                                   # [T, E]
+        idx, w, probs = route(logits, self.cfg, self.probs_bias)    # [T, k], [T, k], [T, E]
+        if recorder is not None:
+            recorder.record("moe_topk_ids", layer, idx)
+            recorder.record("moe_topk_weights", layer, w)
+            recorder.record("moe_probs", layer, probs)
+        out = self.experts(x, idx, w)                               # [T, D]
+        if self.shared is not None:
+            sh = self.shared(x)                                     # [T, D]
+            if self.shared_gate is not None:
+                sh = sh * torch.sigmoid(self.shared_gate(x))        # [T, 1] broadcast
+            out = out + sh
+        return out
+
+    def experts(self, x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Run each selected expert once over the tokens routed to it; sum weighted outputs."""
+        T, k = idx.shape
+        out = torch.zeros_like(x)                                   # [T, D]
+        if T == 1:
+            for j in range(k):  # decode: k experts, one token each
+                e = int(idx[0, j])
+                out += w[0, j] * self._expert(e, x)
+            return out
+        flat = idx.reshape(-1)                                      # [T*k]
+        order = torch.argsort(flat, stable=True)                    # group slots by expert
+        experts, counts = torch.unique_consecutive(flat[order], return_counts=True)
+        tok = order // k                                            # [T*k] token of each slot
+        wsorted = w.reshape(-1)[order]                              # [T*k]
+        start = 0
+        for e, n in zip(experts.tolist(), counts.tolist()):
+            t = tok[start:start + n]                                # [n]
+            y = self._expert(e, x[t]) * wsorted[start:start + n, None]  # [n, D]
+            out.index_add_(0, t, y)
+            start += n
+        return out
+
+    def _expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
+        # x: [n, D] -> [n, D]
+        h = F.silu(self.gate.matmul(e, x)) * self.up.matmul(e, x)  # [n, F]
+        return self.down.matmul(e, h)
+
+
+# ----------------------------------------------------------------------------- routing trace
+
+def routing_trace_json(moe_layers: Sequence[int], token_ids: Sequence[int],
+                       token_texts: Sequence[str], topk_ids: Sequence[Any],
+                       topk_weights: Sequence[Any]) -> dict[str, Any]:
+    """The `llmlens generate ... --trace-routing FILE.json` document.
+
+    moe_layers: transformer-layer index of each MoE layer (L entries). token_ids/token_texts:
+    every token, prompt then generated (N entries). topk_ids/topk_weights: one array per MoE
+    layer, `[N, k]`, rows in token order (concatenate the recorder's snapshots of each forward
+    call along the token axis). Returns
+    `{"layers": [...], "tokens": [{"id", "text", "experts": [[ids] per layer], "weights": [...]}]}`.
+    """
+    ids = [np.asarray(a).reshape(len(token_ids), -1) for a in topk_ids]
+    wts = [np.asarray(a, dtype=np.float64).reshape(len(token_ids), -1) for a in topk_weights]
+    if len(ids) != len(moe_layers) or len(wts) != len(moe_layers):
+        raise ValueError(f"{len(moe_layers)} MoE layers but {len(ids)} id / {len(wts)} weight arrays")
+    tokens = []
+    for i, (tid, text) in enumerate(zip(token_ids, token_texts)):
+        tokens.append({
+            "id": int(tid),
+            "text": text,
+            "experts": [[int(v) for v in a[i]] for a in ids],
+            "weights": [[round(float(v), 6) for v in a[i]] for a in wts],
+        })
+    return {"layers": [int(layer) for layer in moe_layers], "tokens": tokens}
+
+
+def collect_routing(snapshots: Sequence[tuple[str, int, np.ndarray]],
+                    moe_layers: Sequence[int]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Stack recorder snapshots `(name, layer, array)` (in recording order, possibly over many
+    forward calls) into per-layer `[N, k]` id and weight arrays for `routing_trace_json`."""
+    ids: dict[int, list[np.ndarray]] = {layer: [] for layer in moe_layers}
+    wts: dict[int, list[np.ndarray]] = {layer: [] for layer in moe_layers}
+    for name, layer, arr in snapshots:
+        if name == "moe_topk_ids" and layer in ids:
+            ids[layer].append(np.asarray(arr))
+        elif name == "moe_topk_weights" and layer in wts:
+            wts[layer].append(np.asarray(arr))
+    return ([np.concatenate(ids[layer]) if ids[layer] else np.zeros((0, 0), np.int64)
+             for layer in moe_layers],
+            [np.concatenate(wts[layer]) if wts[layer] else np.zeros((0, 0)) for layer in moe_layers])

@@ -1,0 +1,18 @@
+"""Shared pytest fixtures. Keep it small: helpers live in tests/ggufs.py and tests/fixtures/."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+
+@pytest.fixture(scope="session")
+def default_model() -> Path:
+    """The embedded Gemma 3 270M Q4_K_M file (assembled into the user cache on first use)."""
+    from engine.default_model import default_model_path
+
+    return default_model_path()
