@@ -86,7 +86,7 @@ def route(logits: torch.Tensor, cfg: RouterConfig,
 # ----------------------------------------------------------------------------- expert weights
 
 def _quant_linear_class() -> Any:
-    """The performance engine's packed-weight linear, if it exists yet (optional dependency)."""
+    """The performance engine's packed-weight linear (None if that module is unavailable)."""
     try:
         from engine.quant_linear import QuantLinear  # noqa: PLC0415
     except ImportError:
@@ -94,13 +94,22 @@ def _quant_linear_class() -> Any:
     return QuantLinear
 
 
+def _torch_view(arr: np.ndarray) -> torch.Tensor:
+    """A torch view over a (read-only) memory-mapped array: no copy, nothing written through it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "The given NumPy array is not writable"
+        return torch.from_numpy(arr)
+
+
 class StackedExperts:
     """A stacked expert tensor `[E, out, in]` kept in its GGUF encoding.
 
     `matmul(e, x)` computes `x @ W_e.T` for one expert, x `[n, in]` -> `[n, out]`, touching only
-    that expert's bytes. Float tensors are torch views over the memory map (f16/bf16 experts are
-    upcast one expert at a time); quantized ones use `QuantLinear` per expert when available,
-    else decode that one expert on use (memory-safe, slower).
+    that expert's bytes. The tensor is a zero-copy view over the file's memory map: pages of
+    experts nobody routes to are never read. Float experts (F32/F16/BF16) are multiplied from
+    that view (f16/bf16 upcast one expert at a time); quantized ones through a `QuantLinear`
+    per expert over its packed rows (fused kernels for decode, chunked dequantize + GEMM for
+    prefill), or, without it, by decoding that one expert per call.
     """
 
     def __init__(self, raw: np.ndarray, ggml_type: int, shape: Sequence[int], name: str = ""):
@@ -109,23 +118,25 @@ class StackedExperts:
         self.name = name
         self.ggml_type = int(ggml_type)
         self.n_expert, self.n_out, self.n_in = (int(s) for s in shape)
-        if raw.nbytes % self.n_expert:
-            raise ValueError(f"{name}: {raw.nbytes} bytes do not split into {self.n_expert} experts")
+        raw = raw.reshape(-1)
+        if raw.nbytes % (self.n_expert * self.n_out):
+            raise ValueError(f"{name}: {raw.nbytes} bytes do not split into "
+                             f"{self.n_expert} x {self.n_out} rows")
         self.expert_bytes = raw.nbytes // self.n_expert
-        self._raw = raw.reshape(-1)
-        self._dense: torch.Tensor | None = None
+        self._raw = raw
+        self._dense: torch.Tensor | None = None     # [E, out, in] float view
+        self._packed: torch.Tensor | None = None    # [E, out, row_bytes] uint8 view
         self._linears: dict[int, Any] = {}
-        self._qlin = None
+        self._qlin_cls = None
         if self.ggml_type in _FLOAT_DTYPES:
-            arr = self._raw.view(np.dtype(_np_float(self.ggml_type)))
-            with warnings.catch_warnings():
-                # The mmap is read-only; we never write through this view.
-                warnings.simplefilter("ignore", UserWarning)
-                t = torch.from_numpy(arr) if self.ggml_type != int(GGMLQuantizationType.BF16) \
-                    else torch.from_numpy(self._raw.view(np.int16)).view(torch.bfloat16)
-            self._dense = t.view(self.n_expert, self.n_out, self.n_in)  # [E, out, in]
+            dtype = _FLOAT_DTYPES[self.ggml_type]
+            np_dtype = np.float32 if dtype == torch.float32 else np.int16
+            t = _torch_view(raw.view(np_dtype))
+            self._dense = (t if dtype == torch.float32 else t.view(dtype)).view(
+                self.n_expert, self.n_out, self.n_in)
         else:
-            self._qlin = _quant_linear_class()
+            self._packed = _torch_view(raw).view(self.n_expert, self.n_out, -1)
+            self._qlin_cls = _quant_linear_class()
 
     @classmethod
     def from_gguf(cls, gf: Any, name: str) -> "StackedExperts":
@@ -142,36 +153,26 @@ class StackedExperts:
             return self._dense[e].float()
         return dequantize_raw(self.expert_raw(e), self.ggml_type, (self.n_out, self.n_in))
 
+    def linear(self, e: int) -> Any:
+        """Expert e as a QuantLinear over its packed rows (built on first use; shares the bytes)."""
+        lin = self._linears.get(e)
+        if lin is None:
+            lin = self._linears[e] = self._qlin_cls(
+                self._packed[e], self.ggml_type, self.n_in, name=f"{self.name}[{e}]")
+        return lin
+
     def matmul(self, e: int, x: torch.Tensor) -> torch.Tensor:
         # x: [n, in] -> [n, out]
         if self._dense is not None:
             w = self._dense[e]
             return x @ (w if w.dtype == torch.float32 else w.float()).T
-        if self._qlin is not None:
-            lin = self._linears.get(e)
-            if lin is None:
-                lin = self._linears[e] = _make_quant_linear(
-                    self._qlin, self.expert_raw(e), self.ggml_type, self.n_out, self.n_in)
-            if lin is not None:
-                return lin(x)
-            self._qlin = None  # this type has no packed kernel: decode on use from now on
+        if self._qlin_cls is not None:
+            return self.linear(e)(x)
         return x @ self.weight(e).T
 
     @property
     def nbytes(self) -> int:
         return self._raw.nbytes
-
-
-def _np_float(ggml_type: int) -> type:
-    return np.float32 if ggml_type == int(GGMLQuantizationType.F32) else np.float16
-
-
-def _make_quant_linear(cls: Any, raw: np.ndarray, ggml_type: int, n_out: int, n_in: int) -> Any:
-    """Build a QuantLinear over one expert's bytes; None when the kernel does not take the type."""
-    try:
-        return cls(raw, ggml_type, (n_out, n_in))
-    except Exception:  # noqa: BLE001 - unsupported type/shape: fall back to decode-on-use
-        return None
 
 
 # ----------------------------------------------------------------------------- MoE FFN
@@ -264,17 +265,19 @@ def routing_trace_json(moe_layers: Sequence[int], token_ids: Sequence[int],
     return {"layers": [int(layer) for layer in moe_layers], "tokens": tokens}
 
 
-def collect_routing(snapshots: Sequence[tuple[str, int, np.ndarray]],
-                    moe_layers: Sequence[int]) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Stack recorder snapshots `(name, layer, array)` (in recording order, possibly over many
-    forward calls) into per-layer `[N, k]` id and weight arrays for `routing_trace_json`."""
-    ids: dict[int, list[np.ndarray]] = {layer: [] for layer in moe_layers}
-    wts: dict[int, list[np.ndarray]] = {layer: [] for layer in moe_layers}
-    for name, layer, arr in snapshots:
-        if name == "moe_topk_ids" and layer in ids:
-            ids[layer].append(np.asarray(arr))
-        elif name == "moe_topk_weights" and layer in wts:
-            wts[layer].append(np.asarray(arr))
-    return ([np.concatenate(ids[layer]) if ids[layer] else np.zeros((0, 0), np.int64)
-             for layer in moe_layers],
-            [np.concatenate(wts[layer]) if wts[layer] else np.zeros((0, 0)) for layer in moe_layers])
+def collect_routing(recorder: Any, moe_layers: Sequence[int]
+                    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per MoE layer, the `[N, k]` expert ids and weights of every token a `Recorder` saw,
+    its forward calls (`recorder.steps`, prompt then each decode step) concatenated in order:
+    the `topk_ids`/`topk_weights` arguments of `routing_trace_json`."""
+    ids: list[np.ndarray] = []
+    wts: list[np.ndarray] = []
+    for layer in moe_layers:
+        i = [s.get("moe_topk_ids", layer) for s in recorder.steps]
+        w = [s.get("moe_topk_weights", layer) for s in recorder.steps]
+        if any(a is None for a in i + w):
+            raise ValueError(f"the recorder has no routing for MoE layer {layer} in some step "
+                             f"(record 'moe_topk_ids' and 'moe_topk_weights' from the start)")
+        ids.append(np.concatenate(i) if i else np.zeros((0, 0), np.int64))
+        wts.append(np.concatenate(w) if w else np.zeros((0, 0), np.float32))
+    return ids, wts

@@ -16,3 +16,15 @@ def default_model() -> Path:
     from engine.default_model import default_model_path
 
     return default_model_path()
+
+
+@pytest.fixture(scope="session")
+def llama_cpp_source() -> Path:
+    """llama.cpp's source tree from the llama-cpp-python sdist (tests/fixtures/llama_cpp_src.py),
+    downloaded and extracted into the test cache on first use; skips when it cannot be fetched."""
+    from tests.fixtures.llama_cpp_src import llama_cpp_source_dir
+
+    try:
+        return llama_cpp_source_dir()
+    except Exception as exc:  # no network, pip failure, disk full, ...
+        pytest.skip(f"llama.cpp source unavailable: {exc}")

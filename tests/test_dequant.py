@@ -62,7 +62,8 @@ def random_blocks(qtype: T, n_blocks: int, seed: int, sane_scales: bool = True) 
                 blocks = words.view(np.uint8)
             blocks = blocks.reshape(n_blocks, type_size)
         for at in F16_FIELDS.get(qtype, []):
-            blocks[:, at:at + 2] = finite_f16_bits(rng, n_blocks).view(np.uint8).reshape(n_blocks, 2)
+            scales = finite_f16_bits(rng, n_blocks).view(np.uint8)
+            blocks[:, at:at + 2] = scales.reshape(n_blocks, 2)
     return blocks
 
 
@@ -85,7 +86,8 @@ def assert_bit_equal(got: torch.Tensor, ref: np.ndarray, what: str = "") -> None
     diff = np.flatnonzero(g.view(np.int32)[~nan_g] != r.view(np.int32)[~nan_r])
     if diff.size:
         i = np.flatnonzero(~nan_g)[diff[0]]
-        pytest.fail(f"{what}: {diff.size} values differ, first at {i}: got {g[i]!r}, gguf-py {r[i]!r}")
+        pytest.fail(f"{what}: {diff.size} values differ, first at {i}: "
+                    f"got {g[i]!r}, gguf-py {r[i]!r}")
 
 
 # -- random blocks ----------------------------------------------------------------------------
@@ -179,7 +181,8 @@ def written_gguf(tmp_path_factory: pytest.TempPathFactory):
         block_size, _ = GGML_QUANT_SIZES[qtype]
         row = max(256, block_size)
         for shape in [(6, row), (2, 3, row)]:
-            data = (rng.standard_normal(shape) * rng.uniform(0.01, 3.0, shape[:-1] + (1,))).astype(np.float32)
+            scale = rng.uniform(0.01, 3.0, shape[:-1] + (1,))  # per-row magnitudes
+            data = (rng.standard_normal(shape) * scale).astype(np.float32)
             q = quants.quantize(data, qtype)
             name = f"{qtype.name}.{len(shape)}d"
             if qtype in (T.F32, T.F16):
@@ -226,7 +229,8 @@ def test_rows_chunks_and_ids_on_3d_tensors(written_gguf) -> None:
             assert total == flat.shape[0]
             for start, n in [(0, total), (0, 1), (total - 1, 1), (1, total - 2), (total // 2, 0)]:
                 if n >= 0 and start + n <= total:
-                    assert torch.equal(dq.dequantize_rows(gf, info, start, n), flat[start:start + n])
+                    rows = dq.dequantize_rows(gf, info, start, n)
+                    assert torch.equal(rows, flat[start:start + n])
             chunks = list(dq.dequantize_chunks(gf, info, rows_per_chunk=4))
             assert [s for s, _ in chunks] == list(range(0, total, 4))
             assert torch.equal(torch.cat([c for _, c in chunks]), flat)

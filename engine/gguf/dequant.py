@@ -45,7 +45,8 @@ _CHUNK_VALUES = 1 << 19
 # Values per chunk handed to `dequantize_chunks` callers by default (16 MiB of float32).
 _DEFAULT_CHUNK_VALUES = 1 << 22
 
-Kernel = Callable[[torch.Tensor, torch.Tensor], None]  # (blocks u8 [n, type_size], out f32 [n, block_size])
+# A kernel decodes (blocks u8 [n, type_size], out f32 [n, block_size]) in place.
+Kernel = Callable[[torch.Tensor, torch.Tensor], None]
 
 
 def block_layout(ggml_type: int) -> tuple[int, int]:
@@ -182,6 +183,11 @@ def _scale_min_k4(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return sc, mn
 
 
+def _nibbles_k(qs: torch.Tensor, n: int) -> torch.Tensor:
+    """K-quant nibble order: each 32-byte run gives 32 low nibbles then 32 high ones."""
+    return ((qs.reshape(n, -1, 1, 32) >> _SH_0_4.view(1, 1, 2, 1)) & 0x0F).reshape(n, -1, 32)
+
+
 def _q4_k(b: torch.Tensor, out: torch.Tensor) -> None:
     # d: f16 | dmin: f16 | scales: 12 bytes | qs: 128 bytes, 4 x (32 low nibbles, 32 high)
     n = b.shape[0]
@@ -189,15 +195,10 @@ def _q4_k(b: torch.Tensor, out: torch.Tensor) -> None:
     sc, mn = _scale_min_k4(b[:, 4:16])
     dl = (d * sc.float()).view(n, 8, 1)
     ml = (dmin * mn.float()).view(n, 8, 1)
-    q = (_nibbles_k(b[:, 16:144], n)).float()                    # [n, 8, 32]
+    q = _nibbles_k(b[:, 16:144], n).float()                      # [n, 8 groups, 32]
     o = out.view(n, 8, 32)
     torch.mul(dl, q, out=o)
     o.sub_(ml)
-
-
-def _nibbles_k(qs: torch.Tensor, n: int) -> torch.Tensor:
-    """K-quant nibble order: each 32-byte run gives 32 low nibbles then 32 high ones."""
-    return ((qs.reshape(n, -1, 1, 32) >> _SH_0_4.view(1, 1, 2, 1)) & 0x0F).reshape(n, -1, 32)
 
 
 def _q5_k(b: torch.Tensor, out: torch.Tensor) -> None:
@@ -221,7 +222,8 @@ def _q6_k(b: torch.Tensor, out: torch.Tensor) -> None:
     d = _f16(b, 208)                                             # [n, 1]
     dl = (d * b[:, 192:208].view(torch.int8).float()).view(n, 16, 1)
     ql = ((b[:, :128].reshape(n, 2, 1, 64) >> _SH_0_4.view(1, 1, 2, 1)) & 0x0F).reshape(n, 8, 32)
-    qh = ((b[:, 128:192].reshape(n, 2, 1, 32) >> _SH_0_2_4_6.view(1, 1, 4, 1)) & 3).reshape(n, 8, 32)
+    qh = (b[:, 128:192].reshape(n, 2, 1, 32) >> _SH_0_2_4_6.view(1, 1, 4, 1)) & 3
+    qh = qh.reshape(n, 8, 32)
     q = ((ql | (qh << 4)).view(torch.int8) - 32).view(n, 16, 16)
     torch.mul(dl, q.float(), out=out.view(n, 16, 16))
 
@@ -244,14 +246,21 @@ def has_fast_path(ggml_type: int) -> bool:
 def is_supported(ggml_type: int) -> bool:
     """True when `dequantize` can decode the type (ours or gguf-py's)."""
     t = int(ggml_type)
-    return t in _KERNELS or (t in QUANT_SIZES and GGMLQuantizationType(t) in gguf_quants._type_traits)
+    if t in _KERNELS:
+        return True
+    return t in QUANT_SIZES and GGMLQuantizationType(t) in gguf_quants._type_traits
 
 
 def _gguf_py_kernel(qtype: GGMLQuantizationType) -> Kernel:
     def kernel(b: torch.Tensor, out: torch.Tensor) -> None:
-        with np.errstate(all="ignore"):  # Inf/NaN from odd scales: data, not a bug; torch is silent too
-            values = gguf_quants.dequantize(b.numpy(), qtype)
-        out.copy_(torch.from_numpy(values))
+        # Inf/NaN from odd scales come from the data, not a bug; the torch kernels are silent too.
+        with np.errstate(all="ignore"):
+            # gguf-py works in groups of 16 rows; rows of 16 blocks make groups of 256 blocks,
+            # its sweet spot (single blocks cost 3x in per-call overhead, huge groups miss cache).
+            n = b.shape[0]
+            k = next(k for k in (16, 8, 4, 2, 1) if n % k == 0)
+            values = gguf_quants.dequantize(b.numpy().reshape(n // k, -1), qtype)
+        out.copy_(torch.from_numpy(values).view(out.shape))
     return kernel
 
 
@@ -318,7 +327,7 @@ def dequantize(gf: GGUFFile, info: TensorInfo) -> torch.Tensor:
 
 
 def _rows_layout(info: TensorInfo) -> tuple[int, int, int]:
-    """(number of rows, values per row, bytes per row); rows run along the flattened leading dims."""
+    """(rows, values per row, bytes per row); rows run along the flattened leading dims."""
     row_len = info.shape[-1]
     return info.n_elements // row_len, row_len, row_bytes(info.ggml_type, row_len)
 
@@ -337,11 +346,13 @@ def dequantize_rows(gf: GGUFFile, info: TensorInfo, start_row: int, n_rows: int)
     return dequantize_raw(raw, info.ggml_type, (n_rows, row_len))
 
 
-def dequantize_row_ids(gf: GGUFFile, info: TensorInfo, ids: Sequence[int] | np.ndarray | torch.Tensor
-                       ) -> torch.Tensor:
-    """Selected rows (e.g. token embeddings) as float32 [len(ids), row_len]; reads only those rows."""
+def dequantize_row_ids(gf: GGUFFile, info: TensorInfo,
+                       ids: Sequence[int] | np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Rows `ids` (e.g. token embeddings) as float32 [len(ids), row_len], reading only those."""
     total, row_len, rb = _rows_layout(info)
-    ids = np.asarray(ids.cpu() if isinstance(ids, torch.Tensor) else ids, dtype=np.int64).reshape(-1)
+    if isinstance(ids, torch.Tensor):
+        ids = ids.cpu().numpy()
+    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
     if ids.size and (ids.min() < 0 or ids.max() >= total):
         raise IndexError(f"row ids must be in [0, {total}) for {info.name!r}")
     rows = gf.raw(info).reshape(total, rb)[ids]  # fancy indexing copies just these rows

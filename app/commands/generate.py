@@ -1,0 +1,99 @@
+"""`llmlens generate [MODEL] -p PROMPT`: stream a continuation to stdout.
+
+With --chat the prompt becomes one user message rendered by the model's chat template; with
+--json nothing is streamed and one JSON object (text, ids, prompt ids, timings) is printed.
+A summary of speeds goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from engine.default_model import resolve_model_path
+from engine.generate import Done, PromptDone, Token, generate
+from engine.models.base import load_model
+from engine.sampling import SamplingParams
+from engine.tokenizer import load_tokenizer
+
+_DEFAULTS = SamplingParams()
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="generate text from a prompt")
+    p.add_argument("model", nargs="?", default=None, help="GGUF file (default: the embedded model)")
+    p.add_argument("-p", "--prompt", required=True, help="prompt text")
+    p.add_argument("-n", "--n-predict", type=int, default=256, help="max new tokens (default 256)")
+    p.add_argument("--temperature", "--temp", type=float, default=_DEFAULTS.temperature,
+                   help=f"0 = greedy (default {_DEFAULTS.temperature})")
+    p.add_argument("--top-k", type=int, default=_DEFAULTS.top_k, help="0 = off")
+    p.add_argument("--top-p", type=float, default=_DEFAULTS.top_p, help="1 = off")
+    p.add_argument("--min-p", type=float, default=_DEFAULTS.min_p, help="0 = off")
+    p.add_argument("--repeat-penalty", type=float, default=_DEFAULTS.repeat_penalty, help="1 = off")
+    p.add_argument("--repeat-last-n", type=int, default=_DEFAULTS.repeat_last_n)
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="stop when TEXT appears (repeatable); TEXT is not printed")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
+    p.add_argument("--json", action="store_true", help="print one JSON object at the end")
+    p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads")
+    p.add_argument("-c", "--ctx-size", type=int, default=None, help="context size in tokens")
+
+
+def chat_prompt_ids(gf, tok, user_text: str) -> list[int]:
+    """The prompt as one user turn of the model's chat template (or the arch's fallback)."""
+    from engine.chat_template import fallback_template, render_chat
+
+    template = gf.metadata.get("tokenizer.chat_template") or fallback_template(gf.architecture)
+    bos = tok.decode([tok.bos_id], skip_special=False) if tok.bos_id is not None else ""
+    eos = tok.decode([tok.eos_id], skip_special=False) if tok.eos_id is not None else ""
+    text = render_chat(template, [{"role": "user", "content": user_text}],
+                       add_generation_prompt=True, bos_token=bos, eos_token=eos)
+    ids = tok.encode(text, add_special=True, parse_special=True)
+    if len(ids) >= 2 and tok.bos_id is not None and ids[0] == ids[1] == tok.bos_id:
+        ids = ids[1:]  # the template wrote BOS and the tokenizer added another (as llama.cpp warns)
+    return ids
+
+
+def run(args: argparse.Namespace) -> int:
+    model = load_model(resolve_model_path(args.model), n_ctx=args.ctx_size, threads=args.threads)
+    tok = load_tokenizer(model.gguf)
+    if args.chat:
+        prompt_ids = chat_prompt_ids(model.gguf, tok, args.prompt)
+    else:
+        prompt_ids = tok.encode(args.prompt, add_special=True, parse_special=True)
+    params = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                            min_p=args.min_p, repeat_penalty=args.repeat_penalty,
+                            repeat_last_n=args.repeat_last_n, seed=args.seed)
+    out = sys.stdout
+    printed, ids, done = "", [], None
+    for ev in generate(model, tok, prompt_ids, params, max_new_tokens=args.n_predict,
+                       stop_strings=args.stop):
+        if isinstance(ev, Token):
+            ids.append(ev.id)
+            if not args.json and ev.text:
+                out.write(ev.text)
+                out.flush()
+                printed += ev.text
+        elif isinstance(ev, Done):
+            done = ev
+        elif isinstance(ev, PromptDone):
+            pass
+    t = done.timings
+    if args.json:
+        json.dump({"text": done.text, "ids": ids, "prompt_ids": list(prompt_ids),
+                   "finish_reason": done.reason,
+                   "timings": {"prompt_tokens": t.prompt_tokens, "prompt_tok_s": t.prompt_tok_s,
+                               "ttft_s": t.ttft_s, "gen_tokens": t.gen_tokens,
+                               "gen_tok_s": t.gen_tok_s}}, out, ensure_ascii=False)
+        out.write("\n")
+    else:
+        # Text held back while it could have started a stop string, or a final partial char.
+        if done.text.startswith(printed):
+            out.write(done.text[len(printed):])
+        out.write("\n")
+    out.flush()
+    print(f"[{done.reason}] prompt: {t.prompt_tokens} tokens, {t.prompt_tok_s:.1f} tok/s; "
+          f"generated: {t.gen_tokens} tokens, {t.gen_tok_s:.1f} tok/s", file=sys.stderr)
+    return 0

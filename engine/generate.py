@@ -1,0 +1,178 @@
+"""Text generation as a plain generator of small frozen events.
+
+    for ev in generate(model, tok, tok.encode("Hi"), SamplingParams(temperature=0)):
+        PromptDone -> the prompt is in the cache;  Token -> one new token;  Done -> finished
+
+The CLI, the tests and the Qt worker all drive this one function. The prompt is processed in
+batched chunks, then one token per step with the static KV cache. Generation stops on an
+end-of-generation id, a stop string (not included in the text), max_new_tokens,
+`should_stop()` (checked before every step) or the end of the context.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Literal, Union
+
+import torch
+
+from engine.errors import ContextOverflowError, LLMLensError
+from engine.kv_cache import KVCache
+from engine.sampling import SamplingParams, make_generator, make_sampler
+from engine.trace import Recorder
+
+PROMPT_CHUNK = 512  # tokens per batched prompt pass: bounds the attention buffers
+
+
+@dataclass(frozen=True)
+class PromptDone:
+    n_tokens: int
+    seconds: float
+    tok_s: float
+
+
+@dataclass(frozen=True)
+class Token:
+    index: int  # 0-based position among the generated tokens
+    id: int
+    text: str  # new text this token completes ("" while a UTF-8 char or a possible stop string is pending)
+    prob: float  # the model's probability of this token (softmax of the raw logits)
+    top: tuple[tuple[int, str, float], ...]  # the top_n (id, text, prob) under the same distribution
+    seconds: float  # time to produce this token (forward pass + sampling)
+
+
+@dataclass(frozen=True)
+class Timings:
+    prompt_tokens: int
+    prompt_tok_s: float
+    ttft_s: float | None  # start of generate() to the first token; None if none came
+    gen_tokens: int
+    gen_tok_s: float  # decode steps per second (the first token comes from the prompt pass)
+    per_token_s: tuple[float, ...]
+    cache_bytes_per_token: int
+
+
+@dataclass(frozen=True)
+class Done:
+    reason: Literal["eos", "stop", "length", "cancelled", "context"]
+    text: str  # everything generated (the authoritative text: Token.text may hold back a tail)
+    timings: Timings
+
+
+Event = Union[PromptDone, Token, Done]
+
+
+def _first_stop(text: str, stops: Sequence[str], start: int) -> int | None:
+    """Index of the earliest stop string occurring at or after `start`."""
+    found = [i for s in stops if (i := text.find(s, start)) >= 0]
+    return min(found) if found else None
+
+
+def _pending_len(text: str, stops: Sequence[str]) -> int:
+    """Length of the longest tail of `text` that could still grow into a stop string."""
+    best = 0
+    for s in stops:
+        for n in range(min(len(s) - 1, len(text)), best, -1):
+            if s.startswith(text[-n:]):
+                best = n
+                break
+    return best
+
+
+def generate(model, tokenizer, prompt_ids: Sequence[int], params: SamplingParams = SamplingParams(),
+             max_new_tokens: int = 256, stop_strings: Sequence[str] = (),
+             should_stop: Callable[[], bool] = lambda: False, trace: Recorder | None = None,
+             top_n: int = 5, cache: KVCache | None = None) -> Iterator[Event]:
+    """Generate from `prompt_ids`; yields PromptDone, then Token per token, then Done.
+
+    `cache` may be passed to reuse preallocated buffers across calls (it is overwritten);
+    its n_ctx (else model.n_ctx) bounds prompt plus generation.
+    """
+    prompt = [int(i) for i in prompt_ids]
+    n_ctx = cache.n_ctx if cache is not None else model.n_ctx
+    if not prompt:
+        raise LLMLensError("the prompt is empty: nothing to generate from")
+    if len(prompt) >= n_ctx:
+        raise ContextOverflowError(
+            f"the prompt is {len(prompt)} tokens but the context window is {n_ctx} tokens, "
+            f"leaving no room to generate; shorten the prompt or raise the context size")
+    stops = tuple(s for s in stop_strings if s)
+    t_start = time.perf_counter()
+    cache = cache if cache is not None else model.new_cache(n_ctx)
+    cache.reset()
+
+    def timings(per_token: list[float], prompt_s: float, ttft: float | None) -> Timings:
+        decode_s = sum(per_token[1:])
+        return Timings(prompt_tokens=len(prompt),
+                       prompt_tok_s=len(prompt) / prompt_s if prompt_s > 0 else 0.0,
+                       ttft_s=ttft, gen_tokens=len(per_token),
+                       gen_tok_s=(len(per_token) - 1) / decode_s if decode_s > 0 else 0.0,
+                       per_token_s=tuple(per_token), cache_bytes_per_token=cache.bytes_per_token)
+
+    # -- prompt: batched passes, only the last row of logits is needed
+    logits = None
+    for start in range(0, len(prompt), PROMPT_CHUNK):
+        if should_stop():
+            yield Done("cancelled", "", timings([], 0.0, None))
+            return
+        chunk = torch.tensor(prompt[start:start + PROMPT_CHUNK], dtype=torch.long)
+        logits = model.forward(chunk, cache, start, trace, all_logits=False)  # [1, V]
+    prompt_s = time.perf_counter() - t_start
+    yield PromptDone(len(prompt), prompt_s, len(prompt) / prompt_s if prompt_s > 0 else 0.0)
+
+    # -- decode: one token per step
+    eog = set(tokenizer.eot_ids) | ({tokenizer.eos_id} if tokenizer.eos_id is not None else set())
+    sampler = make_sampler(params)
+    generator = make_generator(params.seed)
+    decoder = tokenizer.stream_decoder()
+    history = list(prompt)
+    text, emitted = "", 0  # all decoded text; how much of it the Token events carried
+    per_token: list[float] = []
+    ttft = None
+    reason = None
+    t_step = time.perf_counter()
+    while reason is None:
+        if max_new_tokens <= len(per_token):
+            reason = "length"
+            break
+        if should_stop():
+            reason = "cancelled"
+            break
+        if per_token:  # the first token comes from the prompt's logits
+            pos = len(history) - 1
+            if pos >= n_ctx:
+                reason = "context"
+                break
+            ids = torch.tensor(history[-1:], dtype=torch.long)
+            logits = model.forward(ids, cache, pos, trace, all_logits=False)  # [1, V]
+        row = logits[-1].float()  # [V]
+        tid = sampler(row, history, generator)
+        if tid in eog:
+            reason = "eos"
+            break
+        history.append(tid)
+        probs = torch.softmax(row, -1)  # [V]
+        top_p, top_i = torch.topk(probs, top_n) if top_n > 0 else (probs[:0], probs[:0].long())
+        top = tuple((int(i), tokenizer.decode([int(i)], skip_special=False), float(p))
+                    for p, i in zip(top_p, top_i))
+        text += decoder.feed(tid)
+        cut = _first_stop(text, stops, emitted) if stops else None
+        if cut is not None:
+            text, reason = text[:cut], "stop"
+            safe = cut
+        else:
+            safe = len(text) - (_pending_len(text, stops) if stops else 0)
+        piece, emitted = text[emitted:safe], max(emitted, safe)
+        now = time.perf_counter()
+        per_token.append(now - t_step)
+        if ttft is None:
+            ttft = now - t_start
+        yield Token(len(per_token) - 1, tid, piece, float(probs[tid]), top, per_token[-1])
+        t_step = time.perf_counter()  # time spent by the consumer is not ours
+        if reason is None and len(history) >= n_ctx:
+            reason = "context"
+    if reason != "stop":
+        text += decoder.flush()
+    yield Done(reason, text, timings(per_token, prompt_s, ttft))

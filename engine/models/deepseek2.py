@@ -1,0 +1,309 @@
+"""DeepSeek-V2 (`deepseek2`): Multi-head Latent Attention + DeepSeekMoE.
+
+MLA: each token is compressed to a latent `c` (kv_lora_rank values, RMS-normed) plus one
+shared RoPE key `k_pe` (qk_rope dims, the same for every head). Per head, the "nope" key and
+the value are linear maps of `c` (W_kb, W_vb). We never materialise them: the query's nope
+part is pushed into latent space (`q_nope @ W_kb`, "absorbed"), scores are taken against the
+cached latents, and the attention output is mapped through W_vb afterwards. So the cache holds
+`kv_lora_rank + qk_rope` floats per token per layer (576 for V2-Lite) instead of
+`2 * n_head * head_dim` (6144) — what the MLA paper promises.
+
+Both GGUF layouts load: the older single `attn_kv_b` [H*(nope+v), kv_lora] and the newer split
+`attn_k_b` [H, kv_lora, nope] (stored transposed) / `attn_v_b` [H, v, kv_lora].
+
+RoPE is llama.cpp's "NORM" mode (adjacent pairs rotate; HF's complex-number rope) with YaRN
+scaling; the attention scale carries YaRN's mscale correction exactly as llama.cpp computes
+it (see `_yarn_factors`). FFN: `leading_dense_block_count` dense SwiGLU layers, then MoE layers
+with always-on shared experts plus top-k routed experts (softmax, or sigmoid + selection bias).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from engine.errors import ContextOverflowError
+from engine.layers import GatedMLP, RMSNorm, RoPE, YarnParams
+from engine.models.base import COMMON_KEYS, Model, TransformerConfig, _as_ids, register
+from engine.moe import GATING_SOFTMAX, MoEFeedForward, RouterConfig, StackedExperts
+from engine.trace import Recorder
+
+ARCH = "deepseek2"
+
+
+# ----------------------------------------------------------------------------- config
+
+@dataclass(frozen=True)
+class DeepseekV2Config(TransformerConfig):
+    q_lora_rank: int = 0                # 0: plain q projection (V2-Lite)
+    kv_lora_rank: int = 512
+    qk_head_mla: int | None = None      # newer converters: MLA head dims apart from MQA ones
+    v_head_mla: int | None = None
+    n_dense_lead: int = 0               # leading dense FFN layers
+    n_expert_used: int = 0
+    n_expert_shared: int = 0
+    n_ff_exp: int = 0
+    expert_weights_scale: float = 1.0
+    expert_weights_norm: bool = False
+    expert_gating: int = GATING_SOFTMAX
+    n_expert_groups: int = 0
+    n_expert_groups_used: int = 0
+
+    KEYS: ClassVar = {
+        **COMMON_KEYS,
+        "rms_eps": ("{arch}.attention.layer_norm_rms_epsilon", 1e-6),
+        "q_lora_rank": ("{arch}.attention.q_lora_rank", 0),
+        "kv_lora_rank": ("{arch}.attention.kv_lora_rank", 512),
+        "qk_head_mla": ("{arch}.attention.key_length_mla", None),
+        "v_head_mla": ("{arch}.attention.value_length_mla", None),
+        "n_dense_lead": ("{arch}.leading_dense_block_count", 0),
+        "n_expert_used": ("{arch}.expert_used_count", 0),
+        "n_expert_shared": ("{arch}.expert_shared_count", 0),
+        "n_ff_exp": ("{arch}.expert_feed_forward_length", 0),
+        "expert_weights_scale": ("{arch}.expert_weights_scale", 1.0),
+        "expert_weights_norm": ("{arch}.expert_weights_norm", False),
+        "expert_gating": ("{arch}.expert_gating_func", GATING_SOFTMAX),
+        "n_expert_groups": ("{arch}.expert_group_count", 0),
+        "n_expert_groups_used": ("{arch}.expert_group_used_count", 0),
+    }
+
+    # Head geometry. Newer converters describe the absorbed MQA view in key_length/value_length
+    # (kv_lora + rope, kv_lora) and the per-head dims in *_mla; older ones only the per-head dims.
+    @property
+    def qk_head(self) -> int:
+        return self.qk_head_mla or self.head_dim
+
+    @property
+    def v_head(self) -> int:
+        return self.v_head_mla or self.head_dim_v
+
+    @property
+    def qk_rope(self) -> int:
+        return self.n_rot
+
+    @property
+    def qk_nope(self) -> int:
+        return self.qk_head - self.n_rot
+
+    @property
+    def mscale_all_dim(self) -> float:
+        # [TAG_DEEPSEEK2_YARN_LOG_MUL_FIX] the converter stores 0.1 * mscale_all_dim
+        return self.yarn_log_mul / 0.1
+
+    @property
+    def moe_layers(self) -> list[int]:
+        return [i for i in range(self.n_layer) if i >= self.n_dense_lead] if self.n_expert else []
+
+
+# ----------------------------------------------------------------------------- rope (YaRN, NORM)
+
+def yarn_factors(cfg: DeepseekV2Config) -> tuple[float, float]:
+    """(rope magnitude, kq_scale) exactly as llama.cpp derives them for deepseek2.
+
+    llama-context.cpp: yarn_attn_factor = get_mscale(f, m) / get_mscale(f, m_all) with
+    m = m_all for deepseek2 (so 1), then divided by (1 + 0.1 ln f), which ggml's rope
+    multiplies back into cos/sin. The graph pre-scales q.k by mscale^2 / sqrt(qk_head) with
+    mscale = 1 + 0.1 m_all ln f (HF: `yarn_apply_mscale`). Without a log multiplier llama.cpp
+    falls back to get_mscale(f, 1) on both.
+    """
+    f = 1.0 / cfg.rope_freq_scale
+    if cfg.rope_scaling != "yarn" or f <= 1.0:
+        a = cfg.rope_attn_factor
+        return a, a * a / math.sqrt(cfg.qk_head)
+    m_all = cfg.mscale_all_dim
+    attn_factor = 1.0 if m_all else 0.1 * math.log(f) + 1.0
+    attn_factor = attn_factor / (1.0 + 0.1 * math.log(f)) * cfg.rope_attn_factor
+    magnitude = attn_factor * (1.0 + 0.1 * math.log(f))        # what ggml_rope applies
+    mscale = magnitude * (1.0 + 0.1 * m_all * math.log(f))
+    return magnitude, mscale * mscale / math.sqrt(cfg.qk_head)
+
+
+def make_mla_rope(cfg: DeepseekV2Config) -> RoPE:
+    """NORM-mode rope over the qk_rope dims with YaRN, magnitude set the deepseek2 way."""
+    yarn = None
+    if cfg.rope_scaling == "yarn":
+        yarn = YarnParams(orig_ctx=cfg.rope_orig_ctx, beta_fast=cfg.yarn_beta_fast,
+                          beta_slow=cfg.yarn_beta_slow)
+    rope = RoPE(cfg.n_rot, cfg.rope_base, neox=False, freq_scale=cfg.rope_freq_scale, yarn=yarn)
+    rope.mscale = yarn_factors(cfg)[0]  # RoPE's generic YaRN mscale differs for deepseek2
+    return rope
+
+
+# ----------------------------------------------------------------------------- cache
+
+class MLACache:
+    """Per layer one buffer [n_ctx, kv_lora_rank + qk_rope]: the normed latent c, then k_pe
+    (already rotated). Nothing per head is stored."""
+
+    def __init__(self, n_layers: int, n_ctx: int, kv_lora_rank: int, qk_rope: int,
+                 dtype: torch.dtype = torch.float32):
+        self.n_ctx = n_ctx
+        self.kv_lora_rank = kv_lora_rank
+        self.latents = [torch.zeros(n_ctx, kv_lora_rank + qk_rope, dtype=dtype) for _ in range(n_layers)]
+        self.n_filled = 0
+        itemsize = torch.empty(0, dtype=dtype).element_size()
+        self.bytes_per_token = n_layers * (kv_lora_rank + qk_rope) * itemsize
+
+    @property
+    def nbytes(self) -> int:
+        return self.bytes_per_token * self.n_ctx
+
+    def update(self, layer: int, start_pos: int, kv: torch.Tensor) -> torch.Tensor:
+        """Store kv [T, kv_lora + rope] at [start_pos, start_pos + T); return [start_pos + T, ...]."""
+        end = start_pos + kv.shape[0]
+        if end > self.n_ctx:
+            raise ContextOverflowError(f"position {end - 1} is past the end of the context "
+                                       f"({self.n_ctx} tokens)")
+        buf = self.latents[layer]
+        buf[start_pos:end] = kv
+        if layer == len(self.latents) - 1:
+            self.n_filled = end
+        return buf[:end]
+
+    def reset(self) -> None:
+        self.n_filled = 0
+
+
+# ----------------------------------------------------------------------------- blocks
+
+class MLAttention:
+    """Absorbed MLA: scores and outputs are computed in latent space, heads never expanded."""
+
+    def __init__(self, m: "DeepseekV2Model", i: int):
+        c = m.config
+        self.c, self.il = c, i
+        p = f"blk.{i}."
+        if c.q_lora_rank:
+            self.wq_a = m.load_linear(p + "attn_q_a")              # [q_lora, D]
+            self.q_a_norm = m.load_norm(p + "attn_q_a_norm")
+            self.wq_b = m.load_linear(p + "attn_q_b")              # [H*qk_head, q_lora]
+        else:
+            self.wq = m.load_linear(p + "attn_q")                  # [H*qk_head, D]
+        self.wkv_a = m.load_linear(p + "attn_kv_a_mqa")            # [kv_lora + rope, D]
+        self.kv_a_norm = m.load_norm(p + "attn_kv_a_norm")
+        H, L = c.n_head, c.kv_lora_rank
+        # Small per-head maps kept as float32 (V2-Lite: 2 x 16 x 128 x 512 per layer).
+        if m.gguf.has_tensor(p + "attn_k_b.weight"):
+            k_b = m.load_vector(p + "attn_k_b.weight")             # [H, L, nope] (stored transposed)
+            self.w_kb = k_b.reshape(H, L, c.qk_nope).transpose(1, 2).contiguous()  # [H, nope, L]
+            self.w_vb = m.load_vector(p + "attn_v_b.weight").reshape(H, c.v_head, L)  # [H, v, L]
+        else:
+            kv_b = m.load_vector(p + "attn_kv_b.weight").view(H, c.qk_nope + c.v_head, L)
+            self.w_kb = kv_b[:, :c.qk_nope].contiguous()           # [H, nope, L]
+            self.w_vb = kv_b[:, c.qk_nope:].contiguous()           # [H, v, L]
+        self.wo = m.load_linear(p + "attn_output")                 # [D, H*v]
+
+    def __call__(self, x: torch.Tensor, cache: "MLACache", start_pos: int, rope: RoPE,
+                 cos: torch.Tensor, sin: torch.Tensor, kq_scale: float,
+                 recorder: Recorder | None) -> torch.Tensor:
+        c = self.c
+        T, H, L = x.shape[0], c.n_head, c.kv_lora_rank
+        q = self.wq_b(self.q_a_norm(self.wq_a(x))) if c.q_lora_rank else self.wq(x)
+        q = q.view(T, H, c.qk_head).transpose(0, 1)                    # [H, T, nope+rope]
+        q_nope, q_pe = q[..., :c.qk_nope], rope(q[..., c.qk_nope:], cos, sin)  # [H, T, nope|rope]
+        kv = self.wkv_a(x)                                             # [T, L + rope]
+        latent = self.kv_a_norm(kv[:, :L])                             # [T, L]
+        k_pe = rope(kv[None, :, L:], cos, sin)[0]                      # [T, rope], one shared head
+        ckv = cache.update(self.il, start_pos, torch.cat((latent, k_pe), dim=-1))  # [S, L + rope]
+        S = ckv.shape[0]
+        c_all, pe_all = ckv[:, :L], ckv[:, L:]                         # [S, L], [S, rope]
+
+        q_lat = torch.bmm(q_nope, self.w_kb)                           # [H, T, L]  q . W_kb absorbed
+        scores = (q_lat @ c_all.T).add_(q_pe @ pe_all.T).mul_(kq_scale)  # [H, T, S]
+        if T > 1:
+            q_pos = torch.arange(start_pos, start_pos + T)[:, None]    # [T, 1]
+            scores.masked_fill_(torch.arange(S)[None, :] > q_pos, float("-inf"))
+        probs = torch.softmax(scores, dim=-1)                          # [H, T, S]
+        if recorder is not None:
+            recorder.record("attn_probs", self.il, probs)
+        o_lat = probs @ c_all                                          # [H, T, L]
+        o = torch.bmm(o_lat, self.w_vb.transpose(1, 2))                # [H, T, v]  W_vb after attn
+        return self.wo(o.transpose(0, 1).reshape(T, H * c.v_head))     # [T, D]
+
+
+def load_swiglu(m: Model, prefix: str, suffix: str = "") -> GatedMLP:
+    """Dense SwiGLU FFN: `ffn_{gate,up,down}{suffix}` (suffix "_shexp" for shared experts)."""
+    return GatedMLP(m.load_linear(f"{prefix}ffn_gate{suffix}"), m.load_linear(f"{prefix}ffn_up{suffix}"),
+                    m.load_linear(f"{prefix}ffn_down{suffix}"), "silu")
+
+
+class Block:
+    def __init__(self, m: "DeepseekV2Model", i: int):
+        c, p = m.config, f"blk.{i}."
+        self.il = i
+        self.attn_norm = m.load_norm(p + "attn_norm")
+        self.attn = MLAttention(m, i)
+        self.ffn_norm = m.load_norm(p + "ffn_norm")
+        self.ffn: GatedMLP | None = None
+        self.moe: MoEFeedForward | None = None
+        if i not in c.moe_layers:
+            self.ffn = load_swiglu(m, p)
+            return
+        router = RouterConfig(
+            n_expert=c.n_expert, n_used=c.n_expert_used, gating=c.expert_gating,
+            norm_weights=c.expert_weights_norm, scale=c.expert_weights_scale,
+            n_groups=c.n_expert_groups, n_groups_used=c.n_expert_groups_used)
+        self.moe = MoEFeedForward(
+            router,
+            gate_inp=m.load_linear(p + "ffn_gate_inp"),                # [E, D]
+            gate=StackedExperts.from_gguf(m.gguf, p + "ffn_gate_exps.weight"),  # [E, F, D]
+            up=StackedExperts.from_gguf(m.gguf, p + "ffn_up_exps.weight"),      # [E, F, D]
+            down=StackedExperts.from_gguf(m.gguf, p + "ffn_down_exps.weight"),  # [E, D, F]
+            probs_bias=m.load_vector(p + "exp_probs_b.bias", required=False),  # [E] sigmoid routers
+            shared=load_swiglu(m, p, "_shexp") if c.n_expert_shared else None,
+        )
+
+    def __call__(self, x: torch.Tensor, cache: "MLACache", start_pos: int, rope: RoPE,
+                 cos: torch.Tensor, sin: torch.Tensor, kq_scale: float,
+                 recorder: Recorder | None) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), cache, start_pos, rope, cos, sin, kq_scale, recorder)
+        h = self.ffn_norm(x)
+        return x + (self.moe(h, self.il, recorder) if self.moe is not None else self.ffn(h))
+
+
+# ----------------------------------------------------------------------------- model
+
+@register(ARCH)
+class DeepseekV2Model(Model):
+    Config = DeepseekV2Config
+
+    def __init__(self, gf, config: DeepseekV2Config, n_ctx: int | None = None):
+        super().__init__(gf, config, n_ctx)
+        self.rope = make_mla_rope(config)
+        self.kq_scale = yarn_factors(config)[1]
+        self.embed = self.load_embedding()
+        self.blocks = [Block(self, i) for i in range(config.n_layer)]
+        self.output_norm = self.load_norm("output_norm")
+        self.lm_head = self.load_output()
+
+    @property
+    def moe_layers(self) -> list[int]:
+        return self.config.moe_layers
+
+    def new_cache(self, n_ctx: int | None = None) -> MLACache:
+        c = self.config
+        return MLACache(c.n_layer, n_ctx or self.n_ctx, c.kv_lora_rank, c.qk_rope)
+
+    @property
+    def cache_bytes_per_token(self) -> int:
+        c = self.config
+        return c.n_layer * (c.kv_lora_rank + c.qk_rope) * 4  # float32 latents + rope keys
+
+    @torch.inference_mode()
+    def forward(self, ids: torch.Tensor, cache: MLACache, start_pos: int,
+                recorder: Recorder | None = None, *, all_logits: bool = True) -> torch.Tensor:
+        """ids [T] -> logits [T, n_vocab] float32 (only the last row when all_logits=False)."""
+        ids = _as_ids(ids)
+        T = ids.shape[0]
+        if recorder is not None:
+            recorder.begin_step(start_pos, T)
+        cos, sin = self.rope.cos_sin(start_pos, T)                     # [T, rope/2]
+        x = self.embed(ids)                                            # [T, D]
+        for block in self.blocks:
+            x = block(x, cache, start_pos, self.rope, cos, sin, self.kq_scale, recorder)
+        if not all_logits:
+            x = x[-1:]
+        return self.lm_head(self.output_norm(x))                       # [T, n_vocab]

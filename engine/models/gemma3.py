@@ -1,0 +1,154 @@
+"""Gemma 3 (text): interleaved sliding-window and global attention.
+
+Differences from Llama, all following llama.cpp's src/models/gemma3.cpp:
+- five sliding-window layers, then one global layer (il % 6 == 5), unless the file lists
+  a pattern; local layers use rope base 10000 (`rope.freq_base_swa`) and no rope scaling;
+- RMS norms on q and k per head, plus norms after attention and after the MLP;
+- GeGLU MLP (gelu, tanh approximation); embeddings scaled by sqrt(n_embd); output tied to
+  the token embedding unless `output.weight` exists; optional final logit soft-capping;
+- queries scaled by 1/sqrt(head_dim) (27B: 1/sqrt(n_embd / n_head)).
+Gemma's norms compute x * (1 + w); llama.cpp's converter already stores 1 + w, so the plain
+RMSNorm applies here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from engine.kv_cache import KVCache
+from engine.layers import GatedMLP, RoPE, attention, attention_mask
+from engine.models.base import COMMON_KEYS, Model, TransformerConfig, _as_ids, register
+from engine.trace import Recorder
+
+
+@dataclass(frozen=True)
+class ModelArgs(TransformerConfig):
+    sliding_window: int = 0  # 0: every layer is global
+    swa_pattern: int | tuple[bool, ...] = 6  # n: layer il is local when il % n < n - 1
+    rope_base_local: float = 10000.0
+    final_logit_softcap: float = 0.0
+
+    KEYS = {
+        **COMMON_KEYS,
+        "sliding_window": ("{arch}.attention.sliding_window", 0),
+        "swa_pattern": ("{arch}.attention.sliding_window_pattern", None),
+        "rope_base_local": ("{arch}.rope.freq_base_swa", 10000.0),
+        "final_logit_softcap": ("{arch}.final_logit_softcapping", 0.0),
+    }
+
+    def is_local(self, layer: int) -> bool:
+        if not self.sliding_window:
+            return False
+        if isinstance(self.swa_pattern, tuple):
+            return bool(self.swa_pattern[layer])
+        n = self.swa_pattern
+        return n == 0 or layer % n < n - 1
+
+    @property
+    def attn_scale(self) -> float:
+        if self.n_layer == 62:  # Gemma 3 27B, as gemma_pytorch's config and llama.cpp do
+            return (self.n_embd / self.n_head) ** -0.5
+        return self.head_dim ** -0.5
+
+
+class _Config(ModelArgs):
+    """Accepts the pattern either as a number or as a per-layer array of flags."""
+
+    @classmethod
+    def from_gguf(cls, gf, **overrides):
+        key = f"{gf.architecture}.attention.sliding_window_pattern"
+        pattern = gf.metadata.get(key)
+        if isinstance(pattern, (np.ndarray, list)):
+            overrides["swa_pattern"] = tuple(bool(p) for p in pattern)
+        return super().from_gguf(gf, **overrides)
+
+
+class Attention:
+    def __init__(self, m: "Gemma3Model", i: int):
+        c = m.config
+        self.n_head, self.n_kv = c.n_head, c.n_head_kv
+        self.wq = m.load_linear(f"blk.{i}.attn_q")  # [n_head * head_dim, n_embd]
+        self.wk = m.load_linear(f"blk.{i}.attn_k")  # [n_kv * head_dim, n_embd]
+        self.wv = m.load_linear(f"blk.{i}.attn_v")  # [n_kv * head_dim_v, n_embd]
+        self.wo = m.load_linear(f"blk.{i}.attn_output")  # [n_embd, n_head * head_dim_v]
+        self.q_norm = m.load_norm(f"blk.{i}.attn_q_norm")  # [head_dim]
+        self.k_norm = m.load_norm(f"blk.{i}.attn_k_norm")
+        self.scale = c.attn_scale
+
+    def __call__(self, x: torch.Tensor, cache: KVCache, layer: int, start_pos: int, rope: RoPE,
+                 cos: torch.Tensor, sin: torch.Tensor, key_start: int, mask: torch.Tensor | None,
+                 recorder: Recorder | None) -> torch.Tensor:
+        T = x.shape[0]
+        q = self.q_norm(self.wq(x).view(T, self.n_head, -1))  # [T, Hq, D]
+        k = self.k_norm(self.wk(x).view(T, self.n_kv, -1))  # [T, Hkv, D]
+        v = self.wv(x).view(T, self.n_kv, -1)  # [T, Hkv, Dv]
+        q = rope(q.transpose(0, 1), cos, sin)  # [Hq, T, D]
+        k = rope(k.transpose(0, 1), cos, sin)  # [Hkv, T, D]
+        keys, values = cache.update(layer, start_pos, k, v.transpose(0, 1))  # [Hkv, S, D]
+        out = attention(q, keys[:, key_start:], values[:, key_start:], mask, self.scale,
+                        recorder, layer)  # [Hq, T, Dv]
+        return self.wo(out.transpose(0, 1).reshape(T, -1))  # [T, n_embd]
+
+
+class Block:
+    def __init__(self, m: "Gemma3Model", i: int):
+        self.local = m.config.is_local(i)
+        self.attn_norm = m.load_norm(f"blk.{i}.attn_norm")
+        self.attn = Attention(m, i)
+        self.post_attn_norm = m.load_norm(f"blk.{i}.post_attention_norm")
+        self.ffn_norm = m.load_norm(f"blk.{i}.ffn_norm")
+        self.mlp = GatedMLP(m.load_linear(f"blk.{i}.ffn_gate"), m.load_linear(f"blk.{i}.ffn_up"),
+                            m.load_linear(f"blk.{i}.ffn_down"), "gelu_tanh")
+        self.post_ffn_norm = m.load_norm(f"blk.{i}.post_ffw_norm")
+
+    def __call__(self, x: torch.Tensor, cache: KVCache, layer: int, start_pos: int, rope: RoPE,
+                 cos: torch.Tensor, sin: torch.Tensor, key_start: int, mask: torch.Tensor | None,
+                 recorder: Recorder | None) -> torch.Tensor:
+        h = self.attn(self.attn_norm(x), cache, layer, start_pos, rope, cos, sin, key_start, mask,
+                      recorder)
+        x = x + self.post_attn_norm(h)
+        return x + self.post_ffn_norm(self.mlp(self.ffn_norm(x)))
+
+
+@register("gemma3")
+class Gemma3Model(Model):
+    Config = _Config
+
+    def __init__(self, gf, config: ModelArgs, n_ctx: int | None = None):
+        super().__init__(gf, config, n_ctx)
+        self.rope_global = self.make_rope(neox=True)
+        self.rope_local = self.make_rope(neox=True, base=config.rope_base_local, scaled=False)
+        self.embed = self.load_embedding()
+        self.embed_scale = float(config.n_embd) ** 0.5
+        self.blocks = [Block(self, i) for i in range(config.n_layer)]
+        self.output_norm = self.load_norm("output_norm")
+        self.lm_head = self.load_output()
+
+    @torch.inference_mode()
+    def forward(self, ids: torch.Tensor, cache: KVCache, start_pos: int,
+                recorder: Recorder | None = None, *, all_logits: bool = True) -> torch.Tensor:
+        ids = _as_ids(ids)
+        T = ids.shape[0]
+        c = self.config
+        if recorder is not None:
+            recorder.begin_step(start_pos, T)
+        full = recorder is not None and recorder.wants("attn_probs")
+        # One mask (and rope table) per layer kind, shared by all layers of that kind.
+        masks = {False: attention_mask(start_pos, T, None, full),
+                 True: attention_mask(start_pos, T, c.sliding_window, full)}
+        ropes = {False: (self.rope_global, *self.rope_global.cos_sin(start_pos, T)),
+                 True: (self.rope_local, *self.rope_local.cos_sin(start_pos, T))}
+        x = self.embed(ids) * self.embed_scale  # [T, n_embd]
+        for i, block in enumerate(self.blocks):
+            key_start, mask = masks[block.local]
+            rope, cos, sin = ropes[block.local]
+            x = block(x, cache, i, start_pos, rope, cos, sin, key_start, mask, recorder)
+        if not all_logits:
+            x = x[-1:]
+        logits = self.lm_head(self.output_norm(x))  # [T, n_vocab]
+        if c.final_logit_softcap:
+            logits = torch.tanh(logits / c.final_logit_softcap) * c.final_logit_softcap
+        return logits

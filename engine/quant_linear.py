@@ -1,0 +1,173 @@
+"""`QuantLinear`: a linear map whose weight stays in GGUF's packed blocks in memory.
+
+The weight is the tensor's raw bytes, one row of `in_features` values per output feature,
+in a torch uint8 tensor `[out, row_bytes]` (a Q4_K_M model takes about its file size in RAM
+instead of 4-8x that as float32). Two ways to multiply, picked per call by the token count:
+
+* decode (T <= GEMV_MAX_T): the fused AVX2 kernel of `engine/kernels` reads each packed
+  block once and multiplies it with integer dot products. Like llama.cpp, it first rounds
+  each activation row to 8 bits per block — blocks of 32 (Q8_0: d = amax/127) for the
+  legacy types, of 256 (Q8_K) for the k-quants — so results differ from the exact product
+  by that rounding: per block the activation error is at most amax/254, in practice a
+  relative error of ~1e-3 on outputs (at most |W_r| |dx| by Cauchy-Schwarz, ~1e-2 |W_r| |x|).
+  Float weights (F32/F16/BF16) are multiplied in f32 without any rounding of x.
+* prefill (T > GEMV_MAX_T): row chunks of the weight (~CHUNK_BYTES of float32 each) are
+  dequantized and multiplied with MKL GEMM; the decode cost is shared by all T tokens and
+  the result is the exact float32 product.
+
+Without the compiled kernels (no compiler, non-AVX2 CPU, LLMLENS_NO_KERNELS=1) both go
+through the stock-op path: row chunks decoded by `engine.gguf.dequant.dequantize_raw`, then
+matmul — exact float32 results, slower.
+
+Plug in: `QuantLinear.from_gguf(gf, info, bias)` has the signature of `Linear.from_gguf`
+and instances have `__call__`, `in_features`, `out_features`, `nbytes`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from engine import kernels
+from engine.errors import UnsupportedTypeError
+from engine.gguf.dequant import block_layout, dequantize_raw
+from engine.gguf.reader import GGUFFile, TensorInfo, ggml_type_name
+
+__all__ = ["QuantLinear", "supported", "GEMV_MAX_T", "CHUNK_BYTES"]
+
+# Above this many tokens, dequantize-then-GEMM beats the per-token integer kernel.
+GEMV_MAX_T = 8
+# float32 bytes of weight decoded per prefill chunk: big enough for GEMM efficiency, small
+# enough to stay in L2/L3 and not to cost memory (a 262k-row head is never decoded whole).
+CHUNK_BYTES = 4 << 20
+
+
+class QuantLinear:
+    """y = x W^T (+ b) with W kept as packed GGUF blocks; x [T, in] f32 -> [T, out] f32."""
+
+    def __init__(self, packed: torch.Tensor, ggml_type: int, in_features: int,
+                 bias: torch.Tensor | None = None, name: str = "", threads: int | None = None):
+        block_size, type_size = block_layout(ggml_type)
+        if in_features % block_size:
+            raise ValueError(f"{name or 'weight'}: {in_features} inputs is not a multiple of the "
+                             f"{ggml_type_name(ggml_type)} block size {block_size}")
+        row_bytes = in_features // block_size * type_size
+        if packed.dtype != torch.uint8 or packed.dim() != 2 or packed.shape[1] != row_bytes:
+            raise ValueError(f"{name or 'weight'}: expected uint8 [out, {row_bytes}], got "
+                             f"{packed.dtype} {list(packed.shape)}")
+        self.packed = packed.contiguous()  # [out, row_bytes] uint8, ggml block layout
+        self.ggml_type = int(ggml_type)
+        self.type_name = ggml_type_name(ggml_type)
+        self._in = in_features
+        self.bias = bias  # [out] f32 or None
+        self.name = name
+        self.threads = threads  # None: torch.get_num_threads() at each call
+        k = kernels.load()
+        self._k = k if k is not None and self.ggml_type in k.supported_types() else None
+
+    @classmethod
+    def from_gguf(cls, gf: GGUFFile, info: TensorInfo, bias: TensorInfo | None = None,
+                  threads: int | None = None) -> "QuantLinear":
+        """Copy the packed bytes of `info` (a [out, in] matrix) out of the file's memory map."""
+        if len(info.shape) != 2:
+            raise ValueError(f"{info.name}: expected a 2-D weight, got shape {info.shape}")
+        out_f, in_f = info.shape
+        raw = np.array(gf.raw(info), copy=True)  # owned and writable: no mmap page faults later
+        packed = torch.from_numpy(raw).view(out_f, -1)  # [out, row_bytes]
+        b = dequantize_raw(gf.raw(bias), bias.ggml_type, bias.shape) if bias is not None else None
+        return cls(packed, info.ggml_type, in_f, b, name=info.name, threads=threads)
+
+    @classmethod
+    def experts_from_gguf(cls, gf: GGUFFile, info: TensorInfo,
+                          threads: int | None = None) -> list["QuantLinear"]:
+        """A 3-D [n_expert, out, in] tensor as one QuantLinear per expert, sharing one buffer."""
+        if len(info.shape) != 3:
+            raise ValueError(f"{info.name}: expected a 3-D expert tensor, got shape {info.shape}")
+        n_exp, out_f, in_f = info.shape
+        packed = torch.from_numpy(np.array(gf.raw(info), copy=True)).view(n_exp, out_f, -1)
+        return [cls(packed[e], info.ggml_type, in_f, name=f"{info.name}[{e}]", threads=threads)
+                for e in range(n_exp)]
+
+    @property
+    def in_features(self) -> int:
+        return self._in
+
+    @property
+    def out_features(self) -> int:
+        return self.packed.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        n = self.packed.numel()
+        return n + (self.bias.numel() * self.bias.element_size() if self.bias is not None else 0)
+
+    @property
+    def uses_kernels(self) -> bool:
+        return self._k is not None
+
+    def _threads(self) -> int:
+        return self.threads or torch.get_num_threads()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """x [..., in] -> [..., out] float32."""
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self._in).to(torch.float32)  # [T, in]
+        if self._k is not None and x2.shape[0] <= GEMV_MAX_T:
+            y = self._k.gemv(self.packed, self.ggml_type, x2.contiguous(), self._threads())
+        else:
+            y = self._chunked_matmul(x2)
+        if self.bias is not None:
+            y += self.bias
+        return y.view(*lead, self.out_features)
+
+    forward = __call__
+
+    def dequantize_rows(self, start: int, count: int) -> torch.Tensor:
+        """Rows [start, start + count) of W as float32 [count, in]."""
+        if self._k is not None:
+            return self._k.dequant_rows(self.packed, self.ggml_type, self._in, start, count,
+                                        self._threads())
+        raw = self.packed[start:start + count].numpy()
+        return dequantize_raw(raw, self.ggml_type, (count, self._in))
+
+    def dequantize(self) -> torch.Tensor:
+        """The whole weight as float32 [out, in] (tests, inspection; costs 4 bytes a value)."""
+        return self.dequantize_rows(0, self.out_features)
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """Embedding lookup (get_rows): ids [...] int -> [..., in] float32, decoding only those rows."""
+        ids = torch.as_tensor(ids, dtype=torch.int64)
+        flat = ids.reshape(-1)
+        if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= self.out_features):
+            raise IndexError(f"{self.name or 'weight'}: row ids must be in [0, {self.out_features})")
+        if self._k is not None:
+            out = self._k.get_rows(self.packed, self.ggml_type, self._in, flat)
+        else:
+            raw = self.packed.index_select(0, flat).numpy()
+            out = dequantize_raw(raw, self.ggml_type, (flat.numel(), self._in))
+        return out.view(*ids.shape, self._in)
+
+    def _chunked_matmul(self, x: torch.Tensor) -> torch.Tensor:
+        # y[:, r0:r1] = x @ W[r0:r1]^T, one dequantized chunk of rows at a time
+        T, out_f = x.shape[0], self.out_features
+        y = torch.empty(T, out_f, dtype=torch.float32)
+        step = max(1, CHUNK_BYTES // (4 * self._in))
+        for r0 in range(0, out_f, step):
+            r1 = min(out_f, r0 + step)
+            w = self.dequantize_rows(r0, r1 - r0)  # [r1 - r0, in]
+            y[:, r0:r1] = x @ w.t()
+        return y
+
+    def __repr__(self) -> str:
+        mode = "fused kernels" if self._k is not None else "dequantize+matmul"
+        return (f"QuantLinear({self.name!r}, {self.type_name}, in={self._in}, "
+                f"out={self.out_features}, {self.nbytes / 2**20:.1f} MiB, {mode})")
+
+
+def supported(ggml_type: int) -> bool:
+    """Whether QuantLinear can hold this type (kernels or the dequantize fallback)."""
+    try:
+        block_layout(ggml_type)
+    except UnsupportedTypeError:
+        return False
+    return True

@@ -1,0 +1,262 @@
+"""Fused GGUF GEMV kernels (engine/kernels) and QuantLinear, against gguf-py and float64 math.
+
+Weights are random GGUF blocks: legacy types quantized from random floats by gguf-py, k-quants
+as random bytes with sane f16 scales (gguf-py cannot quantize them). References:
+* dequantization: `gguf.quants.dequantize` (bit-exact);
+* the kernels' product: float64 W @ x_q, where x_q is the activation rounded to 8 bits per
+  block as documented (simulated here in numpy, independently of the C++), so the kernel must
+  match to float rounding: |y - ref| <= 1e-5 * sum_i |W_ri x_q,i|;
+* against the exact float64 W @ x the error of that rounding is bounded: each activation moves
+  by at most amax_block / 254 <= |x_block| / 254, so |e| <= sqrt(B) / 254 * |x| (B = block
+  length) and |y - W x| <= |W_r| |e| by Cauchy-Schwarz.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as Q
+from gguf.quants import dequantize as gguf_dequantize
+from gguf.quants import quantize as gguf_quantize
+
+from engine import kernels
+from engine.quant_linear import GEMV_MAX_T, QuantLinear
+
+LEGACY = [Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0]
+KQUANTS = [Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K]
+FLOATS = [Q.F32, Q.F16, Q.BF16]
+# byte offsets of the f16 scale fields in each block (ggml-common.h)
+F16_FIELDS = {Q.Q2_K: [80, 82], Q.Q3_K: [108], Q.Q4_K: [0, 2], Q.Q5_K: [0, 2], Q.Q6_K: [208]}
+
+
+def random_weight(t: Q, rows: int, n: int, seed: int = 0) -> np.ndarray:
+    """GGUF bytes [rows, row_bytes] of a random weight of type t."""
+    rng = np.random.default_rng(seed)
+    if t in LEGACY or t in FLOATS:
+        w = rng.standard_normal((rows, n), dtype=np.float32) * 0.05
+        return gguf_quantize(w, t).view(np.uint8).reshape(rows, -1)
+    bs, ts = GGML_QUANT_SIZES[t]
+    b = rng.integers(0, 256, size=(rows, n // bs, ts), dtype=np.uint8)
+    for off in F16_FIELDS[t]:
+        d = rng.uniform(1e-3, 1e-2, size=(rows, n // bs)).astype(np.float16)
+        b[..., off:off + 2] = d[..., None].view(np.uint8)
+    return b.reshape(rows, -1)
+
+
+def reference_weight(raw: np.ndarray, t: Q) -> np.ndarray:
+    return gguf_dequantize(raw, t).astype(np.float64)  # [rows, n]
+
+
+def act_block(t: Q) -> int:
+    return 256 if t in KQUANTS else 32
+
+
+def simulate_activation_rounding(x: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """(q, d): x [T, n] f32 -> int codes [T, n/block, block] and scales [T, n/block, 1] (f32)."""
+    T = x.shape[0]
+    xb = x.reshape(T, -1, block)
+    amax = np.abs(xb).max(-1, keepdims=True)
+    inv = np.zeros_like(amax)
+    np.divide(np.float32(127), amax, out=inv, where=amax > 0)
+    q = np.clip(np.rint(xb * inv), -127, 127)
+    return q, amax / np.float32(127)
+
+
+def random_x(T: int, n: int, seed: int = 1) -> torch.Tensor:
+    x = torch.from_numpy(np.random.default_rng(seed).standard_normal((T, n), dtype=np.float32))
+    x[0, :32] = 0.0  # an all-zero block takes the amax == 0 branch
+    return x
+
+
+@pytest.fixture(scope="module")
+def k():
+    mod = kernels.load()
+    if mod is None:
+        pytest.skip(f"fused kernels unavailable here: {kernels.disabled_reason()}")
+    return mod
+
+
+@pytest.mark.parametrize("t", LEGACY + KQUANTS + FLOATS, ids=lambda t: t.name)
+def test_dequant_rows_and_get_rows_bit_exact(k, t):
+    n = 512
+    raw = random_weight(t, 37, n)
+    ref = gguf_dequantize(raw, t).astype(np.float32)
+    w = torch.from_numpy(raw)
+    np.testing.assert_array_equal(k.dequant_rows(w, int(t), n, 0, 37, 2).numpy(), ref)
+    np.testing.assert_array_equal(k.dequant_rows(w, int(t), n, 5, 3, 1).numpy(), ref[5:8])
+    ids = torch.tensor([36, 0, 7, 7])
+    np.testing.assert_array_equal(k.get_rows(w, int(t), n, ids).numpy(), ref[ids.numpy()])
+
+
+@pytest.mark.parametrize("t", LEGACY + KQUANTS, ids=lambda t: t.name)
+def test_activation_rounding_is_as_documented(k, t):
+    x = random_x(3, 512)
+    q, d = simulate_activation_rounding(x.numpy(), act_block(t))
+    expected = (q.astype(np.float32) * d).reshape(3, 512)
+    np.testing.assert_array_equal(k.quantize_activations(x, int(t)).numpy(), expected)
+
+
+@pytest.mark.parametrize("T", [1, 3, GEMV_MAX_T])
+@pytest.mark.parametrize("t", LEGACY + KQUANTS, ids=lambda t: t.name)
+def test_gemv_quantized(k, t, T):
+    rows, n = 37, 512  # odd row count: the thread split has a ragged end
+    raw = random_weight(t, rows, n, seed=T)
+    w64 = reference_weight(raw, t)
+    x = random_x(T, n, seed=T + 10)
+    y = k.gemv(torch.from_numpy(raw), int(t), x, 2).double().numpy()  # [T, rows]
+
+    q, d = simulate_activation_rounding(x.numpy(), act_block(t))
+    xq = (q.astype(np.float64) * d.astype(np.float64)).reshape(T, n)
+    ref_q = xq @ w64.T
+    scale = np.abs(xq) @ np.abs(w64).T
+    assert np.all(np.abs(y - ref_q) <= 1e-5 * scale + 1e-12), np.abs(y - ref_q).max()
+
+    exact = x.double().numpy() @ w64.T
+    bound = np.sqrt(act_block(t)) / 254 * np.outer(np.linalg.norm(x.numpy(), axis=1),
+                                                   np.linalg.norm(w64, axis=1))
+    assert np.all(np.abs(y - exact) <= bound * 1.0001)
+
+
+@pytest.mark.parametrize("t", FLOATS, ids=lambda t: t.name)
+def test_gemv_float_types_exact(k, t):
+    raw = random_weight(t, 9, 100)  # row length not a multiple of 8/16: scalar tails
+    w64 = reference_weight(raw, t)
+    x = random_x(2, 100)
+    y = k.gemv(torch.from_numpy(raw), int(t), x, 2).double().numpy()
+    ref = x.double().numpy() @ w64.T
+    assert np.all(np.abs(y - ref) <= 1e-5 * (np.abs(x.double().numpy()) @ np.abs(w64).T) + 1e-12)
+
+
+@pytest.mark.parametrize("t", [Q.Q8_0, Q.Q4_K, Q.Q6_K], ids=lambda t: t.name)
+def test_gemv_threads_agree(k, t):
+    raw = torch.from_numpy(random_weight(t, 301, 256))
+    x = random_x(2, 256)
+    y1 = k.gemv(raw, int(t), x, 1)
+    torch.testing.assert_close(k.gemv(raw, int(t), x, 2), y1, rtol=0, atol=0)
+    torch.testing.assert_close(k.gemv(raw, int(t), x, 7), y1, rtol=0, atol=0)
+    # each output is computed whole by one thread: batching must not change it either
+    torch.testing.assert_close(k.gemv(raw, int(t), x[1:], 2), y1[1:], rtol=0, atol=0)
+
+
+def test_gemv_rejects_bad_shapes(k):
+    raw = torch.from_numpy(random_weight(Q.Q4_K, 4, 256))
+    with pytest.raises(RuntimeError, match="bytes per row"):
+        k.gemv(raw, int(Q.Q4_K), torch.zeros(1, 512), 1)
+    with pytest.raises(RuntimeError, match="multiple of the block size"):
+        k.gemv(raw, int(Q.Q4_K), torch.zeros(1, 200), 1)
+    with pytest.raises(RuntimeError, match="unsupported ggml type"):
+        k.gemv(raw, 20, torch.zeros(1, 256), 1)
+    with pytest.raises(RuntimeError, match="out of range"):
+        k.get_rows(raw, int(Q.Q4_K), 256, torch.tensor([4]))
+
+
+# -- QuantLinear ------------------------------------------------------------------------------
+
+def write_gguf(path, tensors: dict[str, tuple[np.ndarray, Q]]):
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), "llama")
+    for name, (raw, t) in tensors.items():
+        w.add_tensor(name, raw, raw_shape=raw.shape, raw_dtype=t)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_file(tmp_path_factory):
+    from engine.gguf.reader import open_gguf
+
+    tensors = {
+        "q4k.weight": (random_weight(Q.Q4_K, 33, 512, seed=3), Q.Q4_K),
+        "q5_0.weight": (random_weight(Q.Q5_0, 70, 96, seed=4), Q.Q5_0),
+        "q8_0.weight": (random_weight(Q.Q8_0, 1000, 64, seed=5), Q.Q8_0),
+        "bias": (np.random.default_rng(6).standard_normal(33, dtype=np.float32), Q.F32),
+        "experts.weight": (random_weight(Q.Q6_K, 3 * 5, 256, seed=7).reshape(3, 5, -1), Q.Q6_K),
+    }
+    path = write_gguf(tmp_path_factory.mktemp("ql") / "tiny.gguf", tensors)
+    with open_gguf(path) as gf:
+        yield gf, tensors
+
+
+@pytest.fixture(params=["kernels", "fallback"])
+def mode(request, monkeypatch):
+    if request.param == "kernels" and kernels.load() is None:
+        pytest.skip(f"fused kernels unavailable here: {kernels.disabled_reason()}")
+    if request.param == "fallback":  # what happens without a compiler / with LLMLENS_NO_KERNELS=1
+        monkeypatch.setattr(kernels, "load", lambda: None)
+    return request.param
+
+
+@pytest.mark.parametrize("name", ["q4k.weight", "q5_0.weight", "q8_0.weight"])
+def test_quant_linear_forward(tiny_file, mode, name):
+    gf, tensors = tiny_file
+    raw, t = tensors[name]
+    ql = QuantLinear.from_gguf(gf, gf.tensor(name))
+    assert ql.uses_kernels == (mode == "kernels")
+    w64 = reference_weight(raw, t)
+    assert (ql.out_features, ql.in_features) == w64.shape
+    assert ql.nbytes == raw.nbytes == gf.tensor(name).n_bytes  # packed, not float32
+    for T in (1, GEMV_MAX_T + 5):  # fused GEMV / chunked dequantize + GEMM
+        x = random_x(T, ql.in_features, seed=T)
+        y = ql(x).double().numpy()
+        exact = x.double().numpy() @ w64.T
+        mag = np.abs(x.double().numpy()) @ np.abs(w64).T
+        if mode == "kernels" and T <= GEMV_MAX_T:  # activations rounded to 8 bits
+            bound = np.sqrt(act_block(t)) / 254 * np.outer(np.linalg.norm(x.numpy(), axis=1),
+                                                           np.linalg.norm(w64, axis=1))
+            assert np.all(np.abs(y - exact) <= bound * 1.0001)
+        else:  # exact float32 product
+            assert np.all(np.abs(y - exact) <= 1e-5 * mag + 1e-12)
+    np.testing.assert_array_equal(ql.dequantize().numpy(), w64.astype(np.float32))
+
+
+def test_quant_linear_small_chunks_and_bias(tiny_file, mode, monkeypatch):
+    import engine.quant_linear as qlmod
+
+    gf, tensors = tiny_file
+    monkeypatch.setattr(qlmod, "CHUNK_BYTES", 4 * 512 * 5)  # 5 rows per chunk: ragged last chunk
+    ql = QuantLinear.from_gguf(gf, gf.tensor("q4k.weight"), bias=gf.tensor("bias"))
+    w64 = reference_weight(*tensors["q4k.weight"])
+    b = tensors["bias"][0].astype(np.float64)
+    x = random_x(12, 512).view(3, 4, 512)  # leading dims are kept
+    y = ql(x)
+    assert y.shape == (3, 4, 33)
+    exact = x.double().numpy() @ w64.T + b
+    assert np.allclose(y.double().numpy(), exact, rtol=0, atol=1e-4)
+
+
+def test_quant_linear_rows(tiny_file, mode):
+    gf, tensors = tiny_file
+    ql = QuantLinear.from_gguf(gf, gf.tensor("q8_0.weight"))
+    ids = torch.tensor([[999, 0], [5, 5]])
+    rows = ql.rows(ids)
+    assert rows.shape == (2, 2, 64)
+    ref = reference_weight(*tensors["q8_0.weight"]).astype(np.float32)
+    np.testing.assert_array_equal(rows.numpy(), ref[ids.numpy()])
+    with pytest.raises(IndexError):
+        ql.rows(torch.tensor([1000]))
+
+
+def test_quant_linear_experts_share_one_buffer(tiny_file, mode):
+    gf, tensors = tiny_file
+    experts = QuantLinear.experts_from_gguf(gf, gf.tensor("experts.weight"))
+    assert len(experts) == 3
+    raw, t = tensors["experts.weight"]
+    for e, ql in enumerate(experts):
+        assert (ql.out_features, ql.in_features) == (5, 256)
+        np.testing.assert_array_equal(ql.dequantize().numpy(),
+                                      gguf_dequantize(raw[e], t).astype(np.float32))
+    assert experts[1].packed.untyped_storage().data_ptr() == experts[0].packed.untyped_storage().data_ptr()
+
+
+def test_kernels_disabled_by_env(monkeypatch):
+    monkeypatch.setattr(kernels, "_loaded", False)
+    monkeypatch.setattr(kernels, "_module", None)
+    monkeypatch.setattr(kernels, "_reason", None)
+    monkeypatch.setenv("LLMLENS_NO_KERNELS", "1")
+    assert kernels.load() is None
+    assert "LLMLENS_NO_KERNELS" in kernels.disabled_reason()
