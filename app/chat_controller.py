@@ -240,7 +240,7 @@ class ChatController(QObject):
         if self.conv is not None and not self.messages and self.conv.title == NEW_TITLE:
             self.panel.focus_input()  # already on an empty chat
             return
-        settings = {k: v for k, v in self._settings().items() if k not in ("mode_chosen",)}
+        settings = {k: v for k, v in self._settings().items() if k not in ("mode_chosen", "edited")}
         settings["system_prompt"] = ""
         if self.model_info is not None:
             settings["mode"] = "chat" if self.model_info["has_chat_template"] else "complete"
@@ -258,8 +258,9 @@ class ChatController(QObject):
         self.conv = self.store.get(conv_id)
         self.messages = list(self.conv.messages)
         if previous is not None and previous.id != conv_id and self.store.exists(previous.id):
-            if not self.store.get(previous.id).messages and previous.title == NEW_TITLE:
-                self.store.delete(previous.id)  # leave no empty "New chat" behind
+            left = self.store.get(previous.id)
+            if not left.messages and left.title == NEW_TITLE and not left.settings.get("edited"):
+                self.store.delete(previous.id)  # leave no untouched empty "New chat" behind
         self.panel.input.end_edit()
         self._show_conversation_settings()
         view = self.panel.messages
@@ -358,10 +359,9 @@ class ChatController(QObject):
 
     def _settings_changed(self, values: dict[str, Any]) -> None:
         old_mode = self._settings()["mode"]
-        if values["mode"] != old_mode:
-            values = {**values, "mode_chosen": True}  # the user picked it: never auto-switch
-        else:
-            values = {**values, "mode_chosen": self._settings().get("mode_chosen", False)}
+        values = {**values, "edited": True,  # the user touched it: keep it even while empty
+                  # a mode the user picked is never switched automatically
+                  "mode_chosen": values["mode"] != old_mode or self._settings().get("mode_chosen", False)}
         self._save_settings(values)
         if values["mode"] != old_mode:
             self._show_conversation_settings()

@@ -121,7 +121,7 @@ def model_info(model, tokenizer, path: Path, load_seconds: float) -> dict[str, A
     }
 
 
-def build_prompt(tokenizer, metadata: dict[str, Any], arch: str, request: PromptRequest
+def build_prompt(tokenizer, metadata: dict[str, Any], request: PromptRequest
                  ) -> tuple[str, list[int]]:
     """Render `request` into the exact text and token ids the model will see.
 
@@ -133,17 +133,16 @@ def build_prompt(tokenizer, metadata: dict[str, Any], arch: str, request: Prompt
         text = "".join(content for _, content in request.messages)
         return text, tokenizer.encode(text, add_special=True, parse_special=True)
 
-    from engine.chat_template import fallback_template, render_chat
+    from engine.chat_template import render_chat
 
     messages = []
     if request.system_prompt.strip():
         messages.append({"role": "system", "content": request.system_prompt})
     messages += [{"role": r, "content": c} for r, c in request.messages]
-    template = metadata.get("tokenizer.chat_template")
-    source = metadata if isinstance(template, str) and template.strip() else fallback_template(arch)
+    # The file's own template, or the engine's fallback for its architecture when it has none;
+    # bos_token/eos_token default to the file's special tokens.
+    text = render_chat(metadata, messages, add_generation_prompt=True)
     bos = tokenizer.token_text(tokenizer.bos_id) if tokenizer.bos_id is not None else ""
-    eos = tokenizer.token_text(tokenizer.eos_id) if tokenizer.eos_id is not None else ""
-    text = render_chat(source, messages, add_generation_prompt=True, bos_token=bos, eos_token=eos)
     has_bos = bool(bos) and text.startswith(bos)
     return text, tokenizer.encode(text, add_special=not has_bos, parse_special=True)
 
@@ -243,8 +242,7 @@ class EngineWorker(QObject):
             self.failed.emit(request_id, "no model loaded")
             return
         try:
-            _, ids = build_prompt(self.tokenizer, self.model.gguf.metadata,
-                                  self.model.gguf.architecture, request)
+            _, ids = build_prompt(self.tokenizer, self.model.gguf.metadata, request)
             text, spans = decode_spans(self.tokenizer, ids)
             self.preview.emit(request_id, text, list(ids), spans)
         except Exception as exc:  # noqa: BLE001
@@ -269,7 +267,7 @@ class EngineWorker(QObject):
         if self.model is None:
             raise RuntimeError("no model loaded")
         model, tok = self.model, self.tokenizer
-        _, ids = build_prompt(tok, model.gguf.metadata, model.gguf.architecture, request)
+        _, ids = build_prompt(tok, model.gguf.metadata, request)
         text, spans = decode_spans(tok, ids)
         self.promptReady.emit(request_id, text, list(ids), spans)
         set_threads(request.threads or None)

@@ -1,4 +1,8 @@
-"""`llmlens [MODEL.gguf]`: start Qt, show the main window, open the file given on the command line."""
+"""`llmlens [MODEL.gguf]`: start Qt, show the main window, open the file given on the command line.
+
+The window gets the GGUF browser (app.main_window) and, when available, the chat tab
+(app.chat_controller.install_chat), both on the same file when one is given.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,10 @@ from pathlib import Path
 
 RESOURCES = Path(__file__).resolve().parent.parent / "resources"
 ICON = RESOURCES / "llmlens.svg"
+DEFAULT_ARGS = ("default",)
 
 
-def run_gui(argv: Sequence[str]) -> int:
+def run_gui(argv: Sequence[str], *, with_chat: bool = True) -> int:
     from PySide6.QtGui import QIcon
     from PySide6.QtWidgets import QApplication
 
@@ -26,14 +31,25 @@ def run_gui(argv: Sequence[str]) -> int:
         app.setWindowIcon(QIcon(str(ICON)))
     # Qt removed its own options (-platform, -style ...) from a QApplication it built from argv.
     args = [a for a in (argv if existing else app.arguments()[1:]) if not a.startswith("-")]
+    model = args[0] if args else None
     lens = LensApp()
+    if with_chat:
+        _install_chat(lens, None if model in DEFAULT_ARGS else model)
     lens.window.show()
-    if args:
-        if args[0] in ("default", ""):
-            lens.open_default()
-        else:
-            lens.open_path(args[0])
+    if model in DEFAULT_ARGS:
+        lens.open_default(show=not with_chat)
+    elif model:
+        lens.open_path(model, show=not with_chat)
     try:
         return int(app.exec())
     finally:
         lens.shutdown()
+
+
+def _install_chat(lens, model_path: str | None) -> None:
+    try:
+        from app.chat_controller import install_chat
+
+        lens.chat = install_chat(lens.window, model_path=model_path)
+    except Exception as exc:  # noqa: BLE001 - the browser must stay usable without the chat
+        lens.window.show_error(f"The chat panel could not start: {type(exc).__name__}: {exc}")

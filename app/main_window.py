@@ -123,7 +123,7 @@ class BrowserController(QObject):
         worker.errored.connect(lambda e, w=worker: self._on_error(w, e))
         worker.aborted.connect(lambda w=worker: self._on_aborted(w))
         self.worker = worker
-        worker.start()
+        worker.start(low_priority=True)  # CPU-bound: let the GUI thread have the cores first
         return worker
 
     def cancel(self) -> None:
@@ -173,6 +173,7 @@ class LensApp(QObject):
         self.browser_controller = BrowserController(self.browser, self)
         self.current: LoadedFile | None = None
         self.open_worker: Worker | None = None
+        self._show_on_load = True
         self.window.open_requested.connect(self.open_path)
         self.window.open_default_requested.connect(self.open_default)
         self.window.clear_recent_requested.connect(self._clear_recent)
@@ -186,14 +187,16 @@ class LensApp(QObject):
 
     # -- opening ------------------------------------------------------------------------------
 
-    def open_path(self, path: str | os.PathLike) -> Worker:
-        return self._open(load_file, Path(path).name, path)
+    def open_path(self, path: str | os.PathLike, *, show: bool = True) -> Worker:
+        """Open `path` in a worker; `show` brings the Browser tab to the front when it is in."""
+        return self._open(load_file, Path(path).name, path, show=show)
 
-    def open_default(self) -> Worker:
-        return self._open(load_default_file, "the default model")
+    def open_default(self, *, show: bool = True) -> Worker:
+        return self._open(load_default_file, "the default model", show=show)
 
-    def _open(self, job, label: str, *args) -> Worker:
+    def _open(self, job, label: str, *args, show: bool = True) -> Worker:
         self.cancel_open()
+        self._show_on_load = show
         self.window.task.start(f"Opening {label}…")
         worker = create_worker(job, *args)
         worker.returned.connect(lambda r, w=worker: self._on_loaded(w, r))
@@ -221,7 +224,8 @@ class LensApp(QObject):
         self.window.setWindowTitle(f"{loaded.gf.path.name} — LLM Lens")
         app_settings_mod.add_recent_file(loaded.gf.path)
         self._refresh_recent()
-        self.window.show_panel(self.browser)
+        if self._show_on_load:
+            self.window.show_panel(self.browser)
         self.file_opened.emit(loaded.gf)
 
     def _on_load_error(self, worker: Worker, label: str, exc: BaseException) -> None:

@@ -14,13 +14,16 @@ Cancellation is cooperative: `quit()` sets a flag that a generator worker checks
 `yield`, so long work should yield often (one chunk, one token). A plain function worker can
 poll `worker.abort_requested` itself if it receives the worker (`create_worker(..., _pass_worker=True)`).
 
-Workers run on a private thread pool, not the global one, so a long chat generation never
-starves file opening or tensor analysis.
+Workers run on private thread pools, not the global one, so a long chat generation never
+starves file opening or tensor analysis. `start(low_priority=True)` uses a second pool whose
+threads run at a lower OS priority (nice +10 on Linux/macOS): a CPU-bound analysis then
+yields the cores to the GUI thread when the machine is busy, so the window stays smooth.
 """
 
 from __future__ import annotations
 
 import inspect
+import os
 import threading
 from collections.abc import Callable, Generator
 from typing import Any
@@ -28,17 +31,37 @@ from typing import Any
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
 
 _MAX_THREADS = 8
+LOW_PRIORITY_NICE = 10
 _pool: QThreadPool | None = None
+_low_pool: QThreadPool | None = None
 _live: set["Worker"] = set()  # keeps Python wrappers alive while Qt runs them
 _live_lock = threading.Lock()
 
 
-def thread_pool() -> QThreadPool:
-    global _pool
+def thread_pool(low_priority: bool = False) -> QThreadPool:
+    global _pool, _low_pool
+    if low_priority:
+        if _low_pool is None:
+            _low_pool = QThreadPool()
+            _low_pool.setMaxThreadCount(_MAX_THREADS)
+        return _low_pool
     if _pool is None:
         _pool = QThreadPool()
         _pool.setMaxThreadCount(_MAX_THREADS)
     return _pool
+
+
+def _lower_thread_priority() -> None:
+    """Nice the calling thread (Linux threads have their own nice value); best effort."""
+    setpriority = getattr(os, "setpriority", None)
+    if setpriority is None:
+        return
+    try:
+        tid = threading.get_native_id()
+        if os.getpriority(os.PRIO_PROCESS, tid) < LOW_PRIORITY_NICE:
+            setpriority(os.PRIO_PROCESS, tid, LOW_PRIORITY_NICE)
+    except OSError:
+        pass
 
 
 class WorkerSignals(QObject):
@@ -63,6 +86,7 @@ class Worker(QRunnable):
         self._args = args
         self._kwargs = dict(kwargs, worker=self) if _pass_worker else kwargs
         self._abort = threading.Event()
+        self._low_priority = False
         self._running = threading.Event()
         self._done = threading.Event()
         # Forget the wrapper on the GUI thread (slots on plain callables are queued there), so
@@ -110,10 +134,12 @@ class Worker(QRunnable):
         """Ask the worker to stop at its next yield (cooperative; returns at once)."""
         self._abort.set()
 
-    def start(self) -> "Worker":
+    def start(self, low_priority: bool = False) -> "Worker":
+        """Queue the work; `low_priority` runs it on the niced pool (CPU-heavy background work)."""
+        self._low_priority = low_priority
         with _live_lock:
             _live.add(self)
-        thread_pool().start(self)
+        thread_pool(low_priority).start(self)
         return self
 
     def wait(self, timeout_s: float | None = None) -> bool:
@@ -121,6 +147,8 @@ class Worker(QRunnable):
         return self._done.wait(timeout_s)
 
     def run(self) -> None:  # called on the pool thread
+        if self._low_priority:
+            _lower_thread_priority()
         self._running.set()
         signals = self.signals
         try:
@@ -178,4 +206,5 @@ def shutdown_workers(timeout_s: float = 5.0) -> bool:
     """Ask every running worker to stop and wait for them (window close, test teardown)."""
     for worker in running_workers():
         worker.quit()
-    return thread_pool().waitForDone(int(timeout_s * 1000))
+    deadline_ms = int(timeout_s * 1000)
+    return all(thread_pool(low).waitForDone(deadline_ms) for low in (False, True))

@@ -233,6 +233,14 @@ class _BoundedEnvironment(ImmutableSandboxedEnvironment):
         self.globals["namespace"] = _Namespace
         self.globals["range"] = _bounded_range
 
+    def wrap_str_format(self, value: Any) -> Any:
+        # Checked when `"...".format` is looked up: the sandbox returns a wrapper, so `call`
+        # never sees the format string itself.
+        owner = getattr(value, "__self__", None)
+        if isinstance(owner, str) and getattr(value, "__name__", "") in ("format", "format_map"):
+            _check_format_string(owner)
+        return super().wrap_str_format(value)
+
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         if operator == "*":
             for seq, n in ((left, right), (right, left)):
@@ -252,6 +260,8 @@ class _BoundedEnvironment(ImmutableSandboxedEnvironment):
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
         owner = getattr(__obj, "__self__", None)
+        if getattr(__obj, "__name__", "") in ("format", "format_map"):
+            _check_int_args("str.format", args, kwargs)  # "{:>{w}}".format(w=10**9)
         if isinstance(owner, str):
             name = getattr(__obj, "__name__", "")
             _check_int_args(f"str.{name}", args, kwargs)
@@ -263,10 +273,11 @@ class _BoundedEnvironment(ImmutableSandboxedEnvironment):
 
 
 def _bounded_filter(name: str, func: Any) -> Any:
+    skip = 2 if hasattr(func, "jinja_pass_arg") else 1
+
     def bounded(*args: Any, **kwargs: Any) -> Any:
-        # Skip the value and (for context/env filters) the leading context argument.
-        _check_int_args(f"filter {name}", [a for a in args[1:] if not hasattr(a, "environment")],
-                        kwargs)
+        # Skip the filtered value (and the context/environment jinja passes before it).
+        _check_int_args(f"filter {name}", args[skip:], kwargs)
         if name == "replace":
             strs = [a for a in args if isinstance(a, str)]
             if len(strs) >= 3:

@@ -135,8 +135,9 @@ def test_gemv_threads_agree(k, t):
     y1 = k.gemv(raw, int(t), x, 1)
     torch.testing.assert_close(k.gemv(raw, int(t), x, 2), y1, rtol=0, atol=0)
     torch.testing.assert_close(k.gemv(raw, int(t), x, 7), y1, rtol=0, atol=0)
-    # each output is computed whole by one thread: batching must not change it either
-    torch.testing.assert_close(k.gemv(raw, int(t), x[1:], 2), y1[1:], rtol=0, atol=0)
+    # a token's result does not depend on the other tokens of the call (up to float rounding:
+    # the single-token path may sum blocks in another order)
+    torch.testing.assert_close(k.gemv(raw, int(t), x[1:], 2), y1[1:], rtol=1e-5, atol=1e-6)
 
 
 def test_gemv_rejects_bad_shapes(k):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import io
+import json
 import random
 import time
 from pathlib import Path
@@ -384,3 +386,61 @@ def test_default_model_build_time(default_model, capsys):
     with capsys.disabled():
         print(f"\n[tokenizer] Gemma 3 vocabulary ({tok.n_vocab} tokens) built in {dt:.2f} s")
     assert dt < 20
+
+
+# -- CLI -----------------------------------------------------------------------------------------
+def _gpt2_vocab(llama_cpp_source: Path) -> Path:
+    return llama_cpp_source / "models" / "ggml-vocab-llama-bpe.gguf"
+
+
+def test_cli_tokenize(llama_cpp_source, capsys):
+    from app.cli import main
+
+    path = _gpt2_vocab(llama_cpp_source)
+    llm = _llama(str(path))
+    text = "Hello <|eot_id|> wörld"
+    assert main(["tokenize", str(path), text]) == 0
+    plain = capsys.readouterr().out
+    assert [int(x) for x in plain.split()] == llm.tokenize(text.encode(), add_bos=True,
+                                                          special=True)
+    assert main(["tokenize", str(path), text, "--no-special", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "ids": llm.tokenize(text.encode(), add_bos=False, special=False)}
+    assert main(["tokenize", str(path), "Hi", "--pieces"]) == 0
+    assert "'Hi'" in capsys.readouterr().out
+
+
+def test_cli_tokenize_jsonl(llama_cpp_source, capsys, monkeypatch):
+    from app.cli import main
+
+    path = _gpt2_vocab(llama_cpp_source)
+    llm = _llama(str(path))
+    texts = ["a", "", "Hello\nworld", "<|begin_of_text|>x", "😀 日本"]
+    monkeypatch.setattr("sys.stdin", io.StringIO("".join(json.dumps(t) + "\n" for t in texts)))
+    assert main(["tokenize", str(path), "--jsonl", "--no-special"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [json.loads(x) for x in lines] == [
+        llm.tokenize(t.encode(), add_bos=False, special=False) for t in texts]
+
+
+def test_cli_tokenize_errors(tmp_path, capsys, monkeypatch):
+    from app.cli import main
+
+    missing = str(tmp_path / "missing.gguf")
+    assert main(["tokenize", missing, "hi"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("llmlens: error:") and "missing.gguf" in err and err.count("\n") == 1
+    assert main(["tokenize", missing, "--jsonl"]) == 2
+    capsys.readouterr()
+    assert main(["tokenize", "a", "b", "c"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_cli_tokenize_default_model(default_model, capsys):
+    from app.cli import main
+
+    llm = _llama(str(default_model))
+    for argv in (["tokenize", "Hello world"], ["tokenize", "default", "Hello world"]):
+        assert main(argv + ["--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["ids"] == llm.tokenize(b"Hello world")

@@ -152,3 +152,20 @@ def test_empty_and_single_generators(qtbot, n):
     with qtbot.waitSignal(worker.returned, timeout=5000):
         worker.start()
     assert got == list(range(n))
+
+
+def test_low_priority_workers_run_niced_on_their_own_pool(qtbot):
+    if not hasattr(os, "getpriority"):
+        pytest.skip("no per-thread priorities on this platform")
+
+    def nice_of_this_thread():
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    normal = create_worker(nice_of_this_thread)
+    with qtbot.waitSignal(normal.returned, timeout=5000) as plain:
+        normal.start()
+    low = create_worker(nice_of_this_thread)
+    with qtbot.waitSignal(low.returned, timeout=5000) as niced:
+        low.start(low_priority=True)
+    assert niced.args[0] >= 10
+    assert plain.args[0] == os.getpriority(os.PRIO_PROCESS, threading.get_native_id())

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 
 from engine.errors import ContextOverflowError
-from engine.layers import GatedMLP, RMSNorm, RoPE, YarnParams
+from engine.layers import GatedMLP, RoPE, YarnParams
 from engine.models.base import COMMON_KEYS, Model, TransformerConfig, _as_ids, register
 from engine.moe import GATING_SOFTMAX, MoEFeedForward, RouterConfig, StackedExperts
 from engine.trace import Recorder

@@ -7,7 +7,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QHBoxLayout, QHeade
                                QLineEdit, QTreeView, QVBoxLayout, QWidget)
 
 from ui.browser.format import human_bytes
-from ui.browser.tensor_model import (COLUMNS, TENSOR_ROLE, TensorFilterProxy, TensorGroupModel,
+from ui.browser.tensor_model import (TENSOR_ROLE, TensorFilterProxy, TensorGroupModel,
                                      TensorTableModel)
 
 
@@ -156,4 +156,4 @@ class TensorListView(QWidget):
             self.count.setText(f"{shown:,} of {total:,} tensors match")
 
 
-__all__ = ["TensorListView", "COLUMNS"]
+__all__ = ["TensorListView"]

@@ -8,13 +8,13 @@ Only plain data comes in (role, text, a stats line); the widgets know nothing of
 
 from __future__ import annotations
 
-from PySide6.QtCore import QEvent, QSize, Qt, QTimer, Signal
+from PySide6.QtCore import QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QGuiApplication, QPalette
 from PySide6.QtWidgets import (QFrame, QHBoxLayout, QLabel, QScrollArea, QSizePolicy,
                                QTextBrowser, QToolButton, QVBoxLayout, QWidget)
 
 from ui.chat.markdown_render import document_css, render_markdown, render_plain
-from ui.chat.theme import is_dark, mix
+from ui.chat.theme import is_dark, mix, palette_watcher
 
 ROLE_LABELS = {
     "chat": {"user": "You", "assistant": "Assistant"},
@@ -92,6 +92,7 @@ class MessageWidget(QFrame):
         layout.addWidget(self.body)
         self.set_mode(mode)
         self.restyle()
+        palette_watcher().changed.connect(self.restyle)
 
     def _tool(self, text: str, tip: str, signal: Signal) -> QToolButton:
         b = QToolButton(self)
@@ -144,16 +145,12 @@ class MessageWidget(QFrame):
             f"QToolButton:hover {{ color: {accent.name()}; }}"
         )
         if sheet == self.styleSheet():
-            return  # a style sheet sends PaletteChange: this breaks the loop
+            return  # unchanged: skip re-rendering the text
         self.setStyleSheet(sheet)
         self.body.document().setDefaultStyleSheet(
             document_css(code_bg.name(), text.name(), pal.color(QPalette.Link).name()))
         self.set_text(self.text)
 
-    def changeEvent(self, event) -> None:  # noqa: N802
-        if event.type() in (QEvent.PaletteChange, QEvent.ApplicationPaletteChange):
-            self.restyle()
-        super().changeEvent(event)
 
 
 class MessageList(QScrollArea):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from PySide6.QtCore import QEvent, Qt, Signal
+from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor, QGuiApplication, QPalette
 from PySide6.QtWidgets import (QHBoxLayout, QLabel, QProgressBar, QPushButton, QSplitter,
                                QTabWidget, QToolButton, QVBoxLayout, QWidget)
@@ -20,7 +20,7 @@ from ui.chat.messages import MessageList
 from ui.chat.prompt_view import PromptView
 from ui.chat.settings_panel import SettingsPanel
 from ui.chat.sidebar import ConversationSidebar
-from ui.chat.theme import is_dark, mix
+from ui.chat.theme import is_dark, mix, palette_watcher
 
 
 class _Strip(QWidget):
@@ -52,6 +52,7 @@ class _Strip(QWidget):
         self.progress.hide()
         self.button.hide()
         self.restyle()
+        palette_watcher().changed.connect(self.restyle)
         self.hide()
 
     def show_text(self, text: str, progress: bool = False, button: str = "",
@@ -73,10 +74,6 @@ class _Strip(QWidget):
         if sheet != self.styleSheet():  # a style sheet sends PaletteChange: avoid the loop
             self.setStyleSheet(sheet)
 
-    def changeEvent(self, event) -> None:  # noqa: N802
-        if event.type() in (QEvent.PaletteChange, QEvent.ApplicationPaletteChange):
-            self.restyle()
-        super().changeEvent(event)
 
 
 class ChatPanel(QWidget):

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import html
 
-from PySide6.QtCore import QEvent, Signal
+from PySide6.QtCore import Signal
 from PySide6.QtGui import QFontDatabase, QGuiApplication, QPalette
 from PySide6.QtWidgets import (QHBoxLayout, QLabel, QPushButton, QTextEdit, QVBoxLayout,
                                QWidget)
 
-from ui.chat.theme import is_dark, mix
+from ui.chat.theme import is_dark, mix, palette_watcher
 
 
 class PromptView(QWidget):
@@ -36,6 +36,11 @@ class PromptView(QWidget):
         layout.addWidget(self.view, 1)
         self.refresh_button.clicked.connect(self.refreshRequested)
         self._last: tuple[str, list[str], str] | None = None
+        palette_watcher().changed.connect(self._restyle)
+
+    def _restyle(self) -> None:
+        if self._last:
+            self.show_prompt(*self._last)
 
     def show_prompt(self, text: str, token_texts: list[str], note: str) -> None:
         self._last = (text, token_texts, note)
@@ -54,7 +59,3 @@ class PromptView(QWidget):
     def plain_text(self) -> str:
         return self._last[0] if self._last else ""
 
-    def changeEvent(self, event) -> None:  # noqa: N802
-        if event.type() == QEvent.ApplicationPaletteChange and self._last:
-            self.show_prompt(*self._last)
-        super().changeEvent(event)

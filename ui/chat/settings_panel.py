@@ -84,6 +84,7 @@ class SettingsPanel(QScrollArea):
         self.system_prompt.textChanged.connect(lambda: None if self._filling else self._debounce.start())
         self.reset_button.clicked.connect(self._reset)
         self.set_values(self.defaults)
+        self.set_mode_reason("")
 
     @staticmethod
     def _spin(lo: int, hi: int, tip: str) -> QSpinBox:

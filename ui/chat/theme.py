@@ -6,6 +6,7 @@ system's light and dark themes, and makes it restyle itself when the theme chang
 
 from __future__ import annotations
 
+from PySide6.QtCore import QCoreApplication, QEvent, QObject, Signal
 from PySide6.QtGui import QColor, QPalette
 
 
@@ -47,3 +48,31 @@ def dark_palette() -> QPalette:
     p.setColor(QPalette.Disabled, QPalette.Base, base)
     p.setColor(QPalette.Disabled, QPalette.Button, QColor(48, 48, 52))
     return p
+
+
+class PaletteWatcher(QObject):
+    """Emits `changed` when the application palette changes (a theme switch).
+
+    Qt sends ApplicationPaletteChange to the application and to top-level windows only, and a
+    widget with its own style sheet gets no PaletteChange either, so widgets that derive
+    colours from the palette subscribe here instead.
+    """
+
+    changed = Signal()
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt's name
+        if event.type() == QEvent.ApplicationPaletteChange and obj is QCoreApplication.instance():
+            self.changed.emit()
+        return False
+
+
+_watcher: PaletteWatcher | None = None
+
+
+def palette_watcher() -> PaletteWatcher:
+    global _watcher
+    if _watcher is None:
+        app = QCoreApplication.instance()
+        _watcher = PaletteWatcher(app)
+        app.installEventFilter(_watcher)
+    return _watcher
