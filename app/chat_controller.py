@@ -725,10 +725,12 @@ def install_chat(main_window, model_path: str | os.PathLike | None = None,
     slash.activated.connect(panel.focus_input)
     ctl.slash_shortcut = slash
 
+    closing = getattr(main_window, "closing", None)  # MainWindow's close signal, if it has one
+    if closing is not None:
+        closing.connect(ctl.shutdown)
     app = QApplication.instance()
     if app is not None:
         app.aboutToQuit.connect(ctl.shutdown)
-    main_window.destroyed.connect(lambda *_: ctl.shutdown())
     return ctl
 
 

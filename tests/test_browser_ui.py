@@ -7,6 +7,9 @@ reader and dequantizer, never from the code under test.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -404,27 +407,41 @@ def test_cancel_open_keeps_previous_file(qtbot, lens, tiny, tmp_path):
     assert lens.gguf.path == tiny.resolve()
 
 
-def test_run_gui_opens_the_file_given_on_the_command_line(qtbot, tiny):
-    from app.gui import run_gui
-    from ui.main_window import MainWindow
+def test_run_gui_opens_the_file_given_on_the_command_line(tiny, tmp_path):
+    # In a subprocess: once QApplication.exec() has returned, Qt treats the application as
+    # closing, which would break every later test in this process.
+    driver = textwrap.dedent(f"""
+        import sys, time
+        from PySide6.QtCore import QTimer
+        from PySide6.QtWidgets import QApplication
+        from app.gui import run_gui
+        from ui.main_window import MainWindow
 
-    seen = {}
+        start = time.monotonic()
 
-    def check():
-        wins = [w for w in QApplication.topLevelWidgets() if isinstance(w, MainWindow) and w.isVisible()]
-        if wins and "tiny.gguf" in wins[-1].windowTitle():
-            seen["title"] = wins[-1].windowTitle()
-            wins[-1].close()
-            QApplication.instance().quit()
-        elif time.monotonic() - start < 20:
-            QTimer.singleShot(50, check)
-        else:
-            QApplication.instance().quit()
+        def check():
+            wins = [w for w in QApplication.topLevelWidgets()
+                    if isinstance(w, MainWindow) and w.isVisible()]
+            if wins and "tiny.gguf" in wins[0].windowTitle():
+                print("TITLE", wins[0].windowTitle(), wins[0].tabs.tabText(0), flush=True)
+                wins[0].close()
+                QApplication.instance().quit()
+            elif time.monotonic() - start > 60:
+                QApplication.instance().quit()
+            else:
+                QTimer.singleShot(50, check)
 
-    start = time.monotonic()
-    QTimer.singleShot(50, check)
-    assert run_gui([str(tiny)], with_chat=False) == 0
-    assert seen.get("title", "").startswith("tiny.gguf")
+        QTimer.singleShot(50, check)
+        sys.exit(run_gui([{str(tiny)!r}], with_chat=False))
+    """)
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", LLMLENS_CONFIG_DIR=str(tmp_path / "cfg"))
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-c", driver], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "TITLE tiny.gguf — LLM Lens Browser" in proc.stdout
+    # The file went into the recent list of that (isolated) configuration.
+    assert str(tiny.resolve()) in (tmp_path / "cfg" / "llmlens.ini").read_text()
 
 
 # -- responsiveness with the real default model ----------------------------------------------

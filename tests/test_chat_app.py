@@ -528,9 +528,11 @@ def test_screenshots_light_and_dark(qtbot, open_chat, default_gguf):
     ctl = open_chat(None)
     win = ctl.parent()
     win.resize(1280, 800)
-    set_settings(ctl, seed=3, max_new_tokens=48, temperature=0.7)
-    type_and_send(qtbot, ctl, "The three laws of robotics are:\n")
+    set_settings(ctl, seed=3, max_new_tokens=40, temperature=0.7)
+    type_and_send(qtbot, ctl, "A haiku about autumn leaves:\n")
     wait_reply(qtbot, ctl)
+    ctl.rename(ctl.conv.id, "Autumn haiku")
+    ctl.panel.notice.hide()
     out = ROOT / "docs" / "screenshots"
     out.mkdir(parents=True, exist_ok=True)
     app = QApplication.instance()
@@ -538,6 +540,10 @@ def test_screenshots_light_and_dark(qtbot, open_chat, default_gguf):
     try:
         for name, palette in (("light", light), ("dark", dark_palette())):
             app.setPalette(palette)
+            if name == "dark":  # the dark shot shows the exact prompt, token by token
+                ctl.panel.side_tabs.setCurrentWidget(ctl.panel.prompt_view)
+                qtbot.waitUntil(lambda: "haiku" in ctl.panel.prompt_view.plain_text(),
+                                timeout=60_000)
             qtbot.wait(50)
             assert is_dark(app.palette()) == (name == "dark")
             path = out / f"chat-{name}.png"

@@ -213,7 +213,7 @@ def test_real_model_teacher_forced(real):
     """
     model, llm = real
     ids = llm.tokenize(ENGLISH.encode(), add_bos=True, special=True)
-    assert len(ids) >= 250
+    assert len(ids) >= 240
     ref = _llama_logits(llm, ids)
     llm.reset()
     for t in ids:
@@ -222,6 +222,8 @@ def test_real_model_teacher_forced(real):
     ours = _logits(model, ids)
     agree = (ours.argmax(-1) == ref.argmax(-1)).mean()
     self_agree = (ref_seq.argmax(-1) == ref.argmax(-1)).mean()
+    print(f"top-1 agreement {agree:.3f} (llama.cpp with itself {self_agree:.3f}); max |diff| "
+          f"{np.abs(ours - ref).max():.2f} (llama.cpp with itself {np.abs(ref_seq - ref).max():.2f})")
     assert agree >= min(0.99, self_agree - 0.01), (agree, self_agree)
     top2 = np.sort(ref, -1)[:, -2:]
     margins = (top2[:, 1] - top2[:, 0])[ours.argmax(-1) != ref.argmax(-1)]
@@ -243,5 +245,6 @@ def test_real_model_greedy(real):
         k = next(i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b)
         ref = _llama_logits(llm, prompt + theirs[:k])[-1]
         gap = abs(float(ref[ours[k]] - ref[theirs[k]]))
+        print(f"{text!r}: first divergence at token {k}, llama.cpp logit gap {gap:.3f}")
         assert gap <= 0.5, (text, k, gap)
     assert same >= 4

@@ -89,7 +89,11 @@ inline float bf2f(uint16_t h) {
   return f;
 }
 
-// -- scalar dequantization (one row of n values), mirrors ggml's dequantize_row_* ------------
+// -- dequantization (one row of n values), mirrors ggml's dequantize_row_* ------------------
+// Same float operations as gguf-py, so results are bit-identical to gguf.quants.dequantize.
+
+void deq_q4_0_avx2(const uint8_t* src, float* y, int64_t n);
+void deq_q6_k_avx2(const uint8_t* src, float* y, int64_t n);
 
 // __restrict: the output never aliases the blocks, which lets the compiler vectorize the loops.
 void deq_row(int64_t type, const uint8_t* __restrict src, float* __restrict y, int64_t n) {
@@ -107,17 +111,7 @@ void deq_row(int64_t type, const uint8_t* __restrict src, float* __restrict y, i
       for (int64_t i = 0; i < n; ++i) y[i] = bf2f(s[i]);
       return;
     }
-    case T_Q4_0: {
-      const block_q4_0* b = (const block_q4_0*)src;
-      for (int64_t i = 0; i < n / QK; ++i, y += QK) {
-        const float d = h2f(b[i].d);
-        for (int j = 0; j < 16; ++j) {
-          y[j] = ((b[i].qs[j] & 0xF) - 8) * d;
-          y[j + 16] = ((b[i].qs[j] >> 4) - 8) * d;
-        }
-      }
-      return;
-    }
+    case T_Q4_0: deq_q4_0_avx2(src, y, n); return;
     case T_Q4_1: {
       const block_q4_1* b = (const block_q4_1*)src;
       for (int64_t i = 0; i < n / QK; ++i, y += QK) {
@@ -251,33 +245,7 @@ void deq_row(int64_t type, const uint8_t* __restrict src, float* __restrict y, i
       }
       return;
     }
-    case T_Q6_K: {
-      const block_q6_K* b = (const block_q6_K*)src;
-      for (int64_t i = 0; i < n / QK_K; ++i) {
-        const float d = h2f(b[i].d);
-        const uint8_t* ql = b[i].ql;
-        const uint8_t* qh = b[i].qh;
-        const int8_t* sc = b[i].scales;
-        for (int c = 0; c < QK_K; c += 128) {
-          for (int l = 0; l < 32; ++l) {
-            const int is = l / 16;
-            const int q1 = (int8_t)((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32;
-            const int q2 = (int8_t)((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
-            const int q3 = (int8_t)((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
-            const int q4 = (int8_t)((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
-            y[l] = d * sc[is + 0] * q1;
-            y[l + 32] = d * sc[is + 2] * q2;
-            y[l + 64] = d * sc[is + 4] * q3;
-            y[l + 96] = d * sc[is + 6] * q4;
-          }
-          y += 128;
-          ql += 64;
-          qh += 32;
-          sc += 8;
-        }
-      }
-      return;
-    }
+    case T_Q6_K: deq_q6_k_avx2(src, y, n); return;
   }
   TORCH_CHECK(false, "qgemv: no dequantizer for ggml type ", type);
 }
@@ -362,6 +330,51 @@ inline __m256i dot_us8(const __m256i u, const __m256i s) {
 // Two int16 scales for the two 16-value halves of a 32-byte group, as 16 x int16 lanes.
 inline __m256i scales_2x16(int lo, int hi) {
   return _mm256_set_m128i(_mm_set1_epi16((short)hi), _mm_set1_epi16((short)lo));
+}
+
+// 32 int8 values v times float scales (s0 for the first 16, s1 for the last 16) -> y[0..32)
+inline void store_i8x32(const __m256i v, float s0, float s1, float* y) {
+  const __m128i lo = _mm256_castsi256_si128(v), hi = _mm256_extracti128_si256(v, 1);
+  const __m256 d0 = _mm256_set1_ps(s0), d1 = _mm256_set1_ps(s1);
+  _mm256_storeu_ps(y + 0, _mm256_mul_ps(d0, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo))));
+  _mm256_storeu_ps(y + 8, _mm256_mul_ps(d0, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)))));
+  _mm256_storeu_ps(y + 16, _mm256_mul_ps(d1, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi))));
+  _mm256_storeu_ps(y + 24, _mm256_mul_ps(d1, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)))));
+}
+
+void deq_q4_0_avx2(const uint8_t* src, float* y, int64_t n) {
+  const block_q4_0* b = (const block_q4_0*)src;
+  for (int64_t i = 0; i < n / QK; ++i, y += QK) {
+    const float d = h2f(b[i].d);
+    store_i8x32(_mm256_sub_epi8(bytes_from_nibbles_32(b[i].qs), _mm256_set1_epi8(8)), d, d, y);
+  }
+}
+
+void deq_q6_k_avx2(const uint8_t* src, float* y, int64_t n) {
+  const block_q6_K* b = (const block_q6_K*)src;
+  const __m256i m4 = _mm256_set1_epi8(0xF), m2 = _mm256_set1_epi8(3), m32 = _mm256_set1_epi8(32);
+  for (int64_t i = 0; i < n / QK_K; ++i) {
+    const float d = h2f(b[i].d);
+    const int8_t* sc = b[i].scales;
+    for (int c = 0; c < 2; ++c, y += 128) {
+      const __m256i hb = _mm256_loadu_si256((const __m256i*)(b[i].qh + 32 * c));
+      const __m256i b1 = _mm256_loadu_si256((const __m256i*)(b[i].ql + 64 * c));
+      const __m256i b2 = _mm256_loadu_si256((const __m256i*)(b[i].ql + 64 * c + 32));
+      const __m256i u[4] = {
+          _mm256_or_si256(_mm256_and_si256(b1, m4), _mm256_slli_epi16(_mm256_and_si256(hb, m2), 4)),
+          _mm256_or_si256(_mm256_and_si256(b2, m4),
+                          _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2), m2), 4)),
+          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b1, 4), m4),
+                          _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 4), m2), 4)),
+          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b2, 4), m4),
+                          _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 6), m2), 4)),
+      };
+      for (int k = 0; k < 4; ++k) {
+        const int s = 8 * c + 2 * k;
+        store_i8x32(_mm256_sub_epi8(u[k], m32), d * sc[s], d * sc[s + 1], y + 32 * k);
+      }
+    }
+  }
 }
 
 // -- dot products: one weight row . T activation rows --------------------------------------

@@ -33,10 +33,6 @@ log = logging.getLogger(__name__)
 _CACHE_MIN_VOCAB = 50_000  # smaller vocabularies take < 0.2 s: not worth a file
 
 
-def _vocab_dict(vocab: Vocab) -> dict[str, int]:
-    return vocab.token_to_id
-
-
 def spm_merge_ids(tokens: list[str], scores: np.ndarray, token_to_id: dict[str, int]) -> np.ndarray:
     """Every (a, b) with a, b and a+b in the vocabulary, best-scoring a+b first: int32 [M, 2]."""
     # One flat comprehension: it runs ~2M times for a 262k vocabulary (about 1 s).
@@ -82,7 +78,7 @@ def build_spm(vocab: Vocab) -> Tokenizer:
     toks = vocab.tokens
     merges = [(toks[a], toks[b]) for a, b in zip(ids[:, 0].tolist(), ids[:, 1].tolist())]
     unk = vocab.tokens[vocab.unk_id] if vocab.unk_id is not None else None
-    model = models.BPE(vocab=_vocab_dict(vocab), merges=merges, unk_token=unk,
+    model = models.BPE(vocab=vocab.token_to_id, merges=merges, unk_token=unk,
                        byte_fallback=True, fuse_unk=False)
     return Tokenizer(model)
 
@@ -103,10 +99,10 @@ def _split_merges(merges: list[str]) -> list[tuple[str, str]]:
 def build_bpe(vocab: Vocab, spec: PreSpec) -> Tokenizer:
     merges = _split_merges(vocab.merges or [])
     if spec.byte_encode:
-        model = models.BPE(vocab=_vocab_dict(vocab), merges=merges,
+        model = models.BPE(vocab=vocab.token_to_id, merges=merges,
                            ignore_merges=spec.ignore_merges)
     else:
-        model = models.BPE(vocab=_vocab_dict(vocab), merges=merges, byte_fallback=True,
+        model = models.BPE(vocab=vocab.token_to_id, merges=merges, byte_fallback=True,
                            ignore_merges=spec.ignore_merges)
     tok = Tokenizer(model)
     splits = [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in REGEXES[spec.kind]]

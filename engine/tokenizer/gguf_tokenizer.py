@@ -6,13 +6,13 @@ user-defined tokens always), then each plain-text fragment goes through the mode
 (`backends.py`). Decoding follows `token_to_piece`: control and unknown tokens print nothing
 unless asked, `<0xNN>` tokens are raw bytes, SPM pieces turn `▁` back into spaces, byte-level
 BPE pieces are mapped back through GPT-2's byte table. llama.cpp's optional "clean spaces" pass
-(" ," -> ",") is not applied: it loses information and llama.cpp's chat output skips it too.
+(" ," -> ",", used by `llama_detokenize` for some BPE vocabularies) is not applied: it loses
+information, and token-by-token output (`token_to_piece`, our `StreamDecoder`) never has it.
 """
 
 from __future__ import annotations
 
 import codecs
-import threading
 from collections.abc import Iterable
 
 from tokenizers import Tokenizer
@@ -66,7 +66,6 @@ class GGUFTokenizer:
         self._backend = backend
         self._escape = escape_whitespace
         self._byte_encode = byte_encode
-        self._lock = threading.Lock()  # the Rust tokenizer is shared; encode() may run in workers
         self._piece_cache: dict[tuple[int, bool], bytes] = {}
         self._build_special_index()
 
@@ -171,8 +170,7 @@ class GGUFTokenizer:
     def _encode_text(self, text: str) -> list[int]:
         if self._escape:
             text = text.replace(" ", "\u2581")
-        with self._lock:
-            return self._backend.encode(text, add_special_tokens=False).ids
+        return self._backend.encode(text, add_special_tokens=False).ids
 
     def encode(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
         """Token ids for `text`; `add_special` adds BOS/EOS as the file asks (add_bos_token...),
