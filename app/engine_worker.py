@@ -368,8 +368,12 @@ class EngineHost(QObject):
     def cancel(self, request_id: int) -> None:
         self.worker.cancel(request_id)
 
-    def shutdown(self, timeout_ms: int = 5000) -> None:
-        """Cancel everything pending and stop the thread (waits for the current token)."""
+    def shutdown(self, timeout_ms: int = 60_000) -> None:
+        """Cancel everything pending and stop the thread.
+
+        A generation stops within one token; a model load cannot be interrupted, so quitting
+        during one waits for it (up to `timeout_ms`) rather than destroying a running QThread.
+        """
         for rid in range(1, self._next_id + 1):
             self.worker.cancel(rid)
         self.thread.quit()

@@ -528,10 +528,10 @@ def test_screenshots_light_and_dark(qtbot, open_chat, default_gguf):
     ctl = open_chat(None)
     win = ctl.parent()
     win.resize(1280, 800)
-    set_settings(ctl, seed=3, max_new_tokens=40, temperature=0.7)
-    type_and_send(qtbot, ctl, "A haiku about autumn leaves:\n")
+    set_settings(ctl, seed=1, max_new_tokens=40, temperature=0.0)
+    type_and_send(qtbot, ctl, "Question: Why is the sky blue?\nAnswer:")
     wait_reply(qtbot, ctl)
-    ctl.rename(ctl.conv.id, "Autumn haiku")
+    ctl.rename(ctl.conv.id, "Why is the sky blue?")
     ctl.panel.notice.hide()
     out = ROOT / "docs" / "screenshots"
     out.mkdir(parents=True, exist_ok=True)
@@ -542,7 +542,7 @@ def test_screenshots_light_and_dark(qtbot, open_chat, default_gguf):
             app.setPalette(palette)
             if name == "dark":  # the dark shot shows the exact prompt, token by token
                 ctl.panel.side_tabs.setCurrentWidget(ctl.panel.prompt_view)
-                qtbot.waitUntil(lambda: "haiku" in ctl.panel.prompt_view.plain_text(),
+                qtbot.waitUntil(lambda: "sky" in ctl.panel.prompt_view.plain_text(),
                                 timeout=60_000)
             qtbot.wait(50)
             assert is_dark(app.palette()) == (name == "dark")

@@ -223,9 +223,10 @@ def test_quant_linear_small_chunks_and_bias(tiny_file, mode, monkeypatch):
     ql = QuantLinear.from_gguf(gf, gf.tensor("q4k.weight"), bias=gf.tensor("bias"))
     w64 = reference_weight(*tensors["q4k.weight"])
     b = tensors["bias"][0].astype(np.float64)
-    x = random_x(12, 512).view(3, 4, 512)  # leading dims are kept
+    half = GEMV_MAX_T // 2 + 2  # 2 * half tokens > GEMV_MAX_T: the dequantize + GEMM path
+    x = random_x(2 * half, 512).view(2, half, 512)  # leading dims are kept
     y = ql(x)
-    assert y.shape == (3, 4, 33)
+    assert y.shape == (2, half, 33)
     exact = x.double().numpy() @ w64.T + b
     assert np.allclose(y.double().numpy(), exact, rtol=0, atol=1e-4)
 

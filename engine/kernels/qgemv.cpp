@@ -379,8 +379,8 @@ void deq_q6_k_avx2(const uint8_t* src, float* y, int64_t n) {
 
 // -- dot products: one weight row . T activation rows --------------------------------------
 // Each weight block is unpacked once and multiplied with the same block of every token, so
-// T tokens cost far less than T single-token calls. Template FT > 0 fixes T at compile time
-// (FT = 1 keeps the single-token accumulators in registers); FT = 0 takes T at run time.
+// T tokens cost less than T single-token calls. Template FT > 0 fixes T at compile time
+// (accumulators stay in registers); FT = 0 would take T at run time.
 // `A` holds T activation rows `as` bytes apart; results go to y[t * ys].
 
 constexpr int kMaxT = 8;  // tokens per kernel call; gemv loops over groups of this many
@@ -749,13 +749,15 @@ void dot_q2_k(DOT_ARGS) {
 using DotFn = void (*)(DOT_ARGS);
 #undef DOT_ARGS
 
-struct DotPair {
-  DotFn one, many;  // T == 1, 1 <= T <= kMaxT
+// Instantiated for 1, 2, 4 and 8 tokens, so that the per-token accumulators live in
+// registers; other token counts are split into such groups (7 = 4 + 2 + 1).
+struct DotSet {
+  DotFn by_log2[4];  // [k]: 2^k tokens
 };
 
-#define DOT_PAIR(fn) DotPair{&fn<1>, &fn<0>}
+#define DOT_PAIR(fn) DotSet{{&fn<1>, &fn<2>, &fn<4>, &fn<8>}}
 
-DotPair dot_for(int64_t type) {
+DotSet dot_for(int64_t type) {
   switch (type) {
     case T_F32: return DOT_PAIR(dot_f32);
     case T_F16: return DOT_PAIR(dot_f16);
@@ -823,7 +825,7 @@ torch::Tensor gemv(torch::Tensor w, int64_t type, torch::Tensor x, int64_t nthre
     else quantize_q8_K(X + t * n, (act_q8_K*)dst, n);
   }
 
-  const DotPair dot = dot_for(type);
+  const DotSet dot = dot_for(type);
   const uint8_t* W = w.data_ptr<uint8_t>();
   const int64_t rb = w.size(1);
   float* Y = y.data_ptr<float>();
@@ -839,23 +841,32 @@ torch::Tensor gemv(torch::Tensor w, int64_t type, torch::Tensor x, int64_t nthre
     const uint8_t* pf = wr + pf_rows * rb;
     if (pf + rb <= W_end)
       for (int64_t o = 0; o < rb; o += 64) _mm_prefetch((const char*)pf + o, _MM_HINT_T0);
-    if (T == 1) {
-      dot.one(wr, A, arb, 1, n, Y + r, rows);
-    } else {
-      for (int64_t t0 = 0; t0 < T; t0 += kMaxT)
-        dot.many(wr, A + t0 * arb, arb, (int)std::min<int64_t>(kMaxT, T - t0), n, Y + t0 * rows + r, rows);
+    for (int64_t t0 = 0; t0 < T;) {
+      const int64_t left = T - t0;
+      const int k = left >= 8 ? 3 : left >= 4 ? 2 : left >= 2 ? 1 : 0;
+      dot.by_log2[k](wr, A + t0 * arb, arb, 1 << k, n, Y + t0 * rows + r, rows);
+      t0 += 1 << k;
     }
   }
   return y;
 }
 
 // Rows [start, start + count) of W as float32 [count, n].
+// `out`, if given, is a contiguous float32 buffer of at least count * n values that is
+// reused (a fresh multi-MB tensor costs page faults on every call).
 torch::Tensor dequant_rows(torch::Tensor w, int64_t type, int64_t n, int64_t start, int64_t count,
-                           int64_t nthreads) {
+                           int64_t nthreads, c10::optional<torch::Tensor> out) {
   const TypeInfo& ti = type_info(type);
   check_weight(w, ti, n);
   TORCH_CHECK(start >= 0 && count >= 0 && start + count <= w.size(0), "qgemv: rows out of range");
-  auto y = torch::empty({count, n}, torch::kFloat32);
+  torch::Tensor y;
+  if (out.has_value()) {
+    TORCH_CHECK(out->scalar_type() == torch::kFloat32 && out->is_contiguous() && out->numel() >= count * n,
+                "qgemv: out must be a contiguous float32 tensor of at least ", count * n, " values");
+    y = out->view({-1}).narrow(0, 0, count * n).view({count, n});
+  } else {
+    y = torch::empty({count, n}, torch::kFloat32);
+  }
   const uint8_t* W = w.data_ptr<uint8_t>();
   const int64_t rb = w.size(1);
   float* Y = y.data_ptr<float>();
@@ -918,7 +929,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::call_guard<py::gil_scoped_release>());
   m.def("dequant_rows", &dequant_rows, "rows of W as float32", py::arg("w"), py::arg("type"),
         py::arg("n"), py::arg("start"), py::arg("count"), py::arg("nthreads"),
-        py::call_guard<py::gil_scoped_release>());
+        py::arg("out") = py::none(), py::call_guard<py::gil_scoped_release>());
   m.def("get_rows", &get_rows, "selected rows of W as float32", py::arg("w"), py::arg("type"),
         py::arg("n"), py::arg("ids"), py::call_guard<py::gil_scoped_release>());
   m.def("quantize_activations", &quantize_activations, "activation rounding of the kernels (tests)",
