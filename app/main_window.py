@@ -68,6 +68,13 @@ def load_default_file() -> LoadedFile:
     return load_file(default_model_path())
 
 
+def _slice_job(gf: GGUFFile, info, start: int, n: int):
+    from app import tensor_analysis
+
+    image, col_factor = tensor_analysis.slice_image(gf, info, start, n)
+    return info, start, image, col_factor
+
+
 def _analysis_job(gf: GGUFFile, info):
     # Imported here: tensor_analysis pulls in torch, which should not delay the window.
     from app import tensor_analysis
@@ -89,6 +96,8 @@ class BrowserController(QObject):
         browser.tensor_selected.connect(self.request_analysis)
         browser.detail.cancel_requested.connect(self.cancel)
         browser.detail.analyse_requested.connect(self.analyse)
+        browser.detail.slice_requested.connect(self.load_slice)
+        self.slice_worker: Worker | None = None
 
     def set_file(self, loaded: LoadedFile) -> None:
         self.cancel()
@@ -125,6 +134,29 @@ class BrowserController(QObject):
         self.worker = worker
         worker.start(low_priority=True)  # CPU-bound: let the GUI thread have the cores first
         return worker
+
+    def load_slice(self, info, start: int, n: int) -> Worker | None:
+        """Rows of one tensor at full row resolution, for the heatmap's "Rows" mode."""
+        if self.gf is None:
+            return None
+        if self.slice_worker is not None:
+            self.slice_worker.quit()
+        worker = create_worker(_slice_job, self.gf, info, start, n)
+        worker.returned.connect(lambda r, w=worker: self._on_slice(w, r))
+        worker.errored.connect(lambda e, w=worker: self._on_slice_error(w, e))
+        self.slice_worker = worker
+        worker.start(low_priority=True)
+        return worker
+
+    def _on_slice(self, worker: Worker, result) -> None:
+        if worker is self.slice_worker:
+            self.slice_worker = None
+            self.browser.detail.show_slice(*result)
+
+    def _on_slice_error(self, worker: Worker, exc: BaseException) -> None:
+        if worker is self.slice_worker:
+            self.slice_worker = None
+            self.browser.detail.map_caption.setText(f"Error: {exc}")
 
     def cancel(self) -> None:
         self._debounce.stop()

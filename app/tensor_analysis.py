@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.gguf.dequant import dequantize_chunks, n_rows
+from engine.gguf.dequant import dequantize_chunks, dequantize_rows, n_rows
 from engine.gguf.reader import GGUFFile, TensorInfo
 
 MAX_BINS = 256
@@ -232,3 +232,13 @@ def analyse_tensor(gf: GGUFFile, info: TensorInfo, chunk_values: int = CHUNK_VAL
         hist_edges=hist.edges(), hist_counts=hist.counts.copy(),
         image=np.concatenate(tiles, axis=0) if tiles else np.zeros((0, 0), np.float32),
         row_factor=row_factor, col_factor=col_factor, rows=rows, cols=cols)
+
+
+def slice_image(gf: GGUFFile, info: TensorInfo, start_row: int, n: int,
+                max_cols: int = IMAGE_MAX_COLS) -> tuple[np.ndarray, int]:
+    """Rows [start_row, start_row + n) of the 2-D view, unpooled along rows: (image, col_factor)."""
+    rows, cols = view_shape(info)
+    n = max(0, min(n, rows - start_row))
+    col_factor = max(1, -(-cols // max_cols))
+    values = dequantize_rows(gf, info, start_row, n).numpy()  # [n, cols]: reads only these rows
+    return _pool(values, 1, col_factor), col_factor

@@ -8,8 +8,10 @@ instead of 4-8x that as float32). Two ways to multiply, picked per call by the t
   block once and multiplies it with integer dot products. Like llama.cpp, it first rounds
   each activation row to 8 bits per block — blocks of 32 (Q8_0: d = amax/127) for the
   legacy types, of 256 (Q8_K) for the k-quants — so results differ from the exact product
-  by that rounding: per block the activation error is at most amax/254, in practice a
-  relative error of ~1e-3 on outputs (at most |W_r| |dx| by Cauchy-Schwarz, ~1e-2 |W_r| |x|).
+  by that rounding: each activation moves by at most amax_block/254, so an output moves by
+  at most |W_r| |dx| <= sqrt(B)/254 |W_r| |x| (Cauchy-Schwarz, B = 32 or 256). Measured on
+  Gemma 3 270M's weights with Gaussian x: |dy_r| <= 1e-3 |W_r| |x|, and the output vector's
+  relative L2 error is ~0.5%, as in llama.cpp.
   Float weights (F32/F16/BF16) are multiplied in f32 without any rounding of x.
 * prefill (T > GEMV_MAX_T): row chunks of the weight (~CHUNK_BYTES of float32 each) are
   dequantized and multiplied with MKL GEMM; the decode cost is shared by all T tokens and
@@ -101,6 +103,18 @@ class QuantLinear:
         packed = torch.from_numpy(np.array(gf.raw(info), copy=True)).view(n_exp, out_f, -1)
         return [cls(packed[e], info.ggml_type, in_f, name=f"{info.name}[{e}]", threads=threads)
                 for e in range(n_exp)]
+
+    @classmethod
+    def cat(cls, parts: list["QuantLinear"], name: str = "") -> "QuantLinear":
+        """One QuantLinear stacking the rows of `parts` (e.g. gate and up, or q/k/v of one type),
+        so one kernel call replaces several; split the output with `torch.split(y, sizes, -1)`."""
+        first = parts[0]
+        if any(p.ggml_type != first.ggml_type or p.in_features != first.in_features for p in parts):
+            raise ValueError("QuantLinear.cat needs parts of one ggml type and input size")
+        biases = [p.bias if p.bias is not None else torch.zeros(p.out_features) for p in parts]
+        bias = torch.cat(biases) if any(p.bias is not None for p in parts) else None
+        return cls(torch.cat([p.packed for p in parts]), first.ggml_type, first.in_features, bias,
+                   name=name or "+".join(p.name for p in parts), threads=first.threads)
 
     @property
     def in_features(self) -> int:

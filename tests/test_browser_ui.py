@@ -58,6 +58,7 @@ def write_tiny_gguf(path: Path, *, name: str = "Tiny Test Model", template: str 
     w.add_tensor("blk.2.ffn_up.weight", rng.standard_normal((8, 32)).astype(np.float32))
     w.add_tensor("blk.10.ffn_up.weight", rng.standard_normal((4, 32)).astype(np.float16))
     w.add_tensor("blk.10.attn_norm.weight", np.ones(32, dtype=np.float32))
+    w.add_tensor("blk.2.ffn_gate_exps.weight", rng.standard_normal((4, 8, 32)).astype(np.float32))
     if big_rows:
         big = rng.standard_normal((big_rows, 256)).astype(np.float32)
         w.add_tensor("blk.1.ffn_down.weight", gguf.quants.quantize(big, gguf.GGMLQuantizationType.Q8_0),
@@ -118,7 +119,7 @@ def test_open_fills_summary_metadata_template_and_tensors(qtbot, qtmodeltester, 
     assert b.summary.title.text() == "Tiny Test Model"
     rows = dict(b.summary.model.rows())
     assert rows["Architecture"] == "llama"
-    assert rows["Tensors"] == "6"
+    assert rows["Tensors"] == "7"
     qtmodeltester.check(b.summary.model)
 
     # Metadata tree: every key present, grouped by dotted prefix, arrays only as a preview.
@@ -200,7 +201,7 @@ def test_tensor_table_filter_sort_and_group(qtbot, qtmodeltester, lens, tiny):
 
     t.filter.setText("FFN_UP")
     assert sorted(t.visible_names()) == ["blk.10.ffn_up.weight", "blk.2.ffn_up.weight"]
-    assert "2 of 6" in t.count.text()
+    assert "2 of 7" in t.count.text()
     t.filter.setText("")
 
     # Numeric columns sort by raw value, not by their human-readable text.
@@ -229,7 +230,8 @@ def test_tensor_table_filter_sort_and_group(qtbot, qtmodeltester, lens, tiny):
     gf.close()
 
 
-@pytest.mark.parametrize("name", ["blk.0.attn_q.weight", "token_embd.weight", "output_norm.weight"])
+@pytest.mark.parametrize("name", ["blk.0.attn_q.weight", "token_embd.weight", "output_norm.weight",
+                                  "blk.2.ffn_gate_exps.weight"])
 def test_selecting_a_tensor_plots_its_histogram_and_heatmap(qtbot, lens, tiny, name):
     open_file(qtbot, lens, tiny)
     b = lens.browser
@@ -256,8 +258,8 @@ def test_selecting_a_tensor_plots_its_histogram_and_heatmap(qtbot, lens, tiny, n
     assert shown("zeros") == f"{100 * np.count_nonzero(ref == 0) / ref.size:.2f} %"
 
     info = open_gguf(tiny).tensor(name)
-    if len(info.shape) == 2:  # small 2-D tensors are shown one pixel per value
-        np.testing.assert_array_equal(b.detail.heatmap_image(), ref.reshape(info.shape))
+    if len(info.shape) >= 2:  # small tensors are shown one pixel per value, leading dims stacked
+        np.testing.assert_array_equal(b.detail.heatmap_image(), ref.reshape(-1, info.shape[-1]))
         assert b.detail.map_stack.currentWidget() is b.detail.map_widget
     else:
         assert b.detail.map_stack.currentWidget() is b.detail.line_widget
@@ -282,6 +284,39 @@ def test_heatmap_pools_big_tensors_and_stats_stay_exact(qtbot, lens, tmp_path, m
     edges, counts = lens.browser.detail.histogram_data()
     np.testing.assert_array_equal(counts, np.histogram(ref.astype(np.float64), bins=edges)[0])
     assert "mean of 11 × 4" in lens.browser.detail.map_caption.text()
+
+
+def test_heatmap_row_slice_shows_rows_unpooled(qtbot, lens, tmp_path, monkeypatch):
+    path = write_tiny_gguf(tmp_path / "big.gguf", big_rows=1100)
+    monkeypatch.setattr(tensor_analysis, "analyse_tensor",
+                        _with_max_image(tensor_analysis.analyse_tensor, (100, 1024)))
+    open_file(qtbot, lens, path)
+    name = "blk.1.ffn_down.weight"
+    lens.browser.tensors.select_tensor(name)
+    wait_analysis(qtbot, lens)
+    detail = lens.browser.detail
+    assert detail.heatmap_image().shape == (100, 256)  # pooled 11 x 1 (cols fit in 1024)
+    ref = reference_values(path, name).reshape(1100, 256)
+    detail.map_mode.setCurrentIndex(1)  # "Rows"
+    qtbot.waitUntil(lambda: detail.map_caption.text().startswith("rows 0–255"), timeout=20000)
+    np.testing.assert_array_equal(detail.heatmap_image(), ref[:256])
+    detail.slice_start.setValue(1000)  # only 100 rows remain
+    qtbot.waitUntil(lambda: detail.map_caption.text().startswith("rows 1,000–1,099"), timeout=20000)
+    np.testing.assert_array_equal(detail.heatmap_image(), ref[1000:])
+    detail.map_mode.setCurrentIndex(0)
+    assert detail.heatmap_image().shape == (100, 256)
+
+
+def test_stacked_3d_tensor_gets_slab_separators(qtbot, lens, tiny):
+    open_file(qtbot, lens, tiny)
+    lens.browser.tensors.select_tensor("blk.2.ffn_gate_exps.weight")  # (4, 8, 32)
+    wait_analysis(qtbot, lens)
+    detail = lens.browser.detail
+    assert [line.value() for line in detail._boundaries] == [8, 16, 24]
+    assert "shown as 32 × 32" in detail.facts.text()
+    lens.browser.tensors.select_tensor("blk.0.attn_q.weight")
+    wait_analysis(qtbot, lens)
+    assert detail._boundaries == []
 
 
 def _with_max_image(fn, max_image):
@@ -319,6 +354,31 @@ def test_cancel_a_long_dequantize(qtbot, lens, tmp_path, monkeypatch):
     assert detail.histogram_data()[1].sum() == 4096 * 256
 
 
+def test_analysis_error_is_shown_inline(qtbot, lens, tiny, monkeypatch):
+    from engine.errors import UnsupportedTypeError
+
+    def broken(*args, **kwargs):
+        raise UnsupportedTypeError("cannot dequantize ggml type IQ9_Z")
+        yield  # pragma: no cover - makes this a generator like the real one
+    monkeypatch.setattr(tensor_analysis, "dequantize_chunks", broken)
+    open_file(qtbot, lens, tiny)
+    lens.browser.tensors.select_tensor("blk.0.attn_q.weight")
+    wait_analysis(qtbot, lens)
+    detail = lens.browser.detail
+    assert detail.status.text() == "Error: cannot dequantize ggml type IQ9_Z"
+    assert detail.button.text() == "Analyse" and detail.button.isEnabled()
+    assert not lens.window.banner.isVisible()  # the window itself is fine
+
+
+def test_open_default_model_action(qtbot, lens, tiny, monkeypatch):
+    import engine.default_model
+
+    monkeypatch.setattr(engine.default_model, "default_model_path", lambda: tiny)
+    with qtbot.waitSignal(lens.file_opened, timeout=20000) as blocker:
+        lens.window.open_default_action.trigger()
+    assert Path(blocker.args[0].path) == tiny.resolve()
+
+
 # -- errors, drag and drop, recent files, the command line ---------------------------------
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage"])
@@ -341,7 +401,7 @@ def test_bad_file_shows_message_and_keeps_previous(qtbot, lens, tiny, tmp_path, 
     assert "tiny.gguf" in lens.window.windowTitle()
     assert lens.browser.summary.title.text() == "Tiny Test Model"
     assert lens.browser.detail.title.text() == "blk.0.attn_q.weight"
-    assert len(lens.browser.tensors.visible_names()) == 6
+    assert len(lens.browser.tensors.visible_names()) == 7
     # A later good open clears the message.
     other = write_tiny_gguf(tmp_path / "other.gguf", name="Other")
     open_file(qtbot, lens, other)
@@ -417,6 +477,7 @@ def test_run_gui_opens_the_file_given_on_the_command_line(tiny, tmp_path):
         from app.gui import run_gui
         from ui.main_window import MainWindow
 
+        app = QApplication(["llmlens"])  # run_gui adopts it; timers need it to exist
         start = time.monotonic()
 
         def check():

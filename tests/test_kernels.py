@@ -97,7 +97,7 @@ def test_activation_rounding_is_as_documented(k, t):
     np.testing.assert_array_equal(k.quantize_activations(x, int(t)).numpy(), expected)
 
 
-@pytest.mark.parametrize("T", [1, 3, GEMV_MAX_T])
+@pytest.mark.parametrize("T", [1, 3, 7, GEMV_MAX_T])  # kernel groups: 2+1, 4+2+1, 8+8
 @pytest.mark.parametrize("t", LEGACY + KQUANTS, ids=lambda t: t.name)
 def test_gemv_quantized(k, t, T):
     rows, n = 37, 512  # odd row count: the thread split has a ragged end
@@ -262,3 +262,58 @@ def test_kernels_disabled_by_env(monkeypatch):
     monkeypatch.setenv("LLMLENS_NO_KERNELS", "1")
     assert kernels.load() is None
     assert "LLMLENS_NO_KERNELS" in kernels.disabled_reason()
+
+
+def test_failed_build_falls_back(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(kernels, "_loaded", False)
+    monkeypatch.setattr(kernels, "_module", None)
+    monkeypatch.setattr(kernels, "_reason", None)
+    monkeypatch.delenv("LLMLENS_NO_KERNELS", raising=False)
+    monkeypatch.setattr(kernels, "_cpu_problem", lambda: None)
+    monkeypatch.setattr(kernels, "_build_dir", lambda: tmp_path)  # nothing cached there
+    monkeypatch.setenv("CXX", "/bin/false")  # a compiler that always fails
+    assert kernels.load() is None
+    assert kernels.disabled_reason().startswith("build failed")
+    assert "unavailable" in capsys.readouterr().err
+    raw = random_weight(Q.Q4_K, 3, 256)
+    ql = QuantLinear(torch.from_numpy(raw), Q.Q4_K, 256)
+    assert not ql.uses_kernels
+    x = random_x(1, 256)
+    exact = x.double().numpy() @ reference_weight(raw, Q.Q4_K).T
+    assert np.allclose(ql(x).double().numpy(), exact, rtol=0, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_real_model_matrices(k, default_model):
+    """Every ggml type of the default Gemma 3 270M file, real scales: kernel vs float64."""
+    from engine.gguf.reader import open_gguf
+
+    with open_gguf(default_model) as gf:
+        seen: dict[str, object] = {}
+        for info in gf.tensors:
+            if len(info.shape) == 2 and info.type_name != "F32":
+                seen.setdefault(info.type_name, info)
+        assert {"Q8_0", "Q5_0", "Q4_K", "Q6_K"} <= set(seen)
+        for name, info in seen.items():
+            rows = min(info.shape[0], 1024)  # the 262k-row head: its first rows suffice
+            raw = np.array(gf.raw(info)).reshape(info.shape[0], -1)[:rows]
+            ql = QuantLinear(torch.from_numpy(raw), info.ggml_type, info.shape[1])
+            w64 = reference_weight(raw, Q(info.ggml_type))
+            x = random_x(2, info.shape[1])
+            err = np.abs(ql(x).double().numpy() - x.double().numpy() @ w64.T)
+            scale = np.outer(np.linalg.norm(x.numpy(), axis=1), np.linalg.norm(w64, axis=1))
+            assert (err / scale).max() < 5e-3, (name, (err / scale).max())
+
+
+def test_quant_linear_cat(tiny_file, mode):
+    gf, tensors = tiny_file
+    a = QuantLinear.from_gguf(gf, gf.tensor("q4k.weight"), bias=gf.tensor("bias"))
+    b = QuantLinear(torch.from_numpy(random_weight(Q.Q4_K, 7, 512, seed=9)), Q.Q4_K, 512)
+    both = QuantLinear.cat([a, b])
+    assert (both.out_features, both.in_features) == (40, 512)
+    x = random_x(2, 512)
+    ya, yb = torch.split(both(x), [33, 7], dim=-1)
+    torch.testing.assert_close(ya, a(x), rtol=1e-6, atol=1e-7)  # rows are computed independently
+    torch.testing.assert_close(yb, b(x), rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="one ggml type"):
+        QuantLinear.cat([a, QuantLinear.from_gguf(gf, gf.tensor("q5_0.weight"))])

@@ -23,8 +23,12 @@ from tests.fixtures.tiny_models import max_rel_err, tiny_model_factory  # noqa: 
 
 DENSE = ("llama", "llama3_rope", "mistral", "qwen2", "qwen3", "gemma3")
 # llama.cpp rounds activations to f16 (f16 weights) or to 8-bit blocks (q8_0 weights) before
-# each dot product; these bounds are several times the errors that rounding produces here.
+# each dot product; we multiply exactly. Measured on these models: f32 ~1e-6, f16 ~1e-3,
+# q8_0 3-4e-2 (their random weights are large); a wrong kernel or layout gives errors of O(1).
 LLAMA_CPP_TOL = {"f32": 1e-4, "f16": 5e-3, "q8_0": 5e-2}
+# ggml's CPU GELU reads an f16 lookup table (GGML_GELU_FP16): ~3e-4 relative on gemma3 at f32,
+# where transformers and we agree to 1e-6.
+GELU_F32_TOL = 1e-3
 
 
 # -- llama.cpp reference ------------------------------------------------------------------------
@@ -130,7 +134,10 @@ def test_matches_llama_cpp(tiny_model_factory, name, outtype):
     llm = _llama(tm.gguf[outtype], 64)
     try:
         ref = _llama_logits(llm, ids)
-        assert max_rel_err(_logits(model, ids), ref) <= LLAMA_CPP_TOL[outtype]
+        tol = LLAMA_CPP_TOL[outtype]
+        if outtype == "f32" and tm.arch == "gemma3":
+            tol = GELU_F32_TOL
+        assert max_rel_err(_logits(model, ids), ref) <= tol
         if outtype == "f32":
             prompt = [int(i) for i in ids[:8]]
             assert _greedy(model, prompt, 32) == _llama_greedy(llm, prompt, 32)
@@ -232,8 +239,11 @@ def test_real_model_teacher_forced(real):
 
 
 def test_real_model_greedy(real):
-    """Greedy 32-token continuations equal llama.cpp's for at least 4 of 5 prompts; where one
-    differs, llama.cpp's two best logits at the first divergence are nearly tied."""
+    """Greedy 32-token continuations: each equals llama.cpp's, or first differs where llama.cpp's
+    two candidates are tied within 0.1 logits; at least 3 of the 5 are identical.
+
+    (4 of 5 is out of reach of any exact computation: with llama.cpp's 8-bit activation
+    rounding, two of these prompts diverge at token 15 on ties of 0.09 and 0.06 logits.)"""
     model, llm = real
     same = 0
     for text in PROMPTS:
@@ -246,5 +256,5 @@ def test_real_model_greedy(real):
         ref = _llama_logits(llm, prompt + theirs[:k])[-1]
         gap = abs(float(ref[ours[k]] - ref[theirs[k]]))
         print(f"{text!r}: first divergence at token {k}, llama.cpp logit gap {gap:.3f}")
-        assert gap <= 0.5, (text, k, gap)
-    assert same >= 4
+        assert gap <= 0.1, (text, k, gap)
+    assert same >= 3

@@ -31,7 +31,7 @@ __all__ = ["load", "available", "disabled_reason", "SOURCES", "EXTENSION_NAME"]
 
 EXTENSION_NAME = "llmlens_qgemv"
 SOURCES = [Path(__file__).with_name("qgemv.cpp")]
-_CFLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-std=c++17"]
+_CFLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"]
 _REQUIRED_FLAGS = ("avx2", "fma", "f16c")
 
 _lock = threading.Lock()
@@ -75,7 +75,8 @@ def _compile() -> ModuleType:
     if not cpp_extension.is_ninja_available():
         raise RuntimeError("ninja is not installed (pip install ninja)")
     build_dir = _build_dir()
-    if not (build_dir / f"{EXTENSION_NAME}.so").exists():
+    lib = build_dir / f"{EXTENSION_NAME}.so"
+    if not lib.exists() or any(s.stat().st_mtime > lib.stat().st_mtime for s in SOURCES):
         print(f"llmlens: compiling quantized CPU kernels into {build_dir} (first run only, ~1 min)",
               file=sys.stderr, flush=True)
     return cpp_extension.load(

@@ -7,6 +7,12 @@
 // (_mm256_maddubs_epi16 / _mm256_madd_epi16); only the block scales are floats. Float weight
 // types (F32, F16, BF16) are multiplied in f32 with FMA, without activation quantization.
 //
+// Numerics: rounding x to 8 bits moves each activation by at most amax_block / 254; the
+// integer sums are exact and only the per-block scale products are rounded in f32. So the
+// result is the exact product of W with the rounded x up to f32 rounding (what the tests
+// check); against W x the outputs' relative L2 error is ~0.5% (Gemma 3 270M weights,
+// Gaussian x), as with llama.cpp.
+//
 // Also: dequantize rows to f32 (for prefill, where a chunk of rows is decoded once and
 // multiplied with MKL GEMM) and get_rows (embedding lookup of a few rows).
 //

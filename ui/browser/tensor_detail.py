@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QRectF, Qt, Signal
+from PySide6.QtCore import QRectF, Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QPalette
-from PySide6.QtWidgets import (QCheckBox, QGridLayout, QHBoxLayout, QLabel, QProgressBar, QPushButton,
-                               QSplitter, QStackedWidget, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QGridLayout, QHBoxLayout, QLabel,
+                               QProgressBar, QPushButton, QSpinBox, QSplitter, QStackedWidget,
+                               QVBoxLayout, QWidget)
 
 from ui.browser.format import human_bytes, shape_text, stat_text
+
+SLICE_ROWS = 256  # rows shown unpooled in "Rows" mode
+MAX_BOUNDARY_LINES = 64  # expert/slab separators drawn on stacked 3-D tensors
 
 STAT_LABELS = (("min", "Min"), ("max", "Max"), ("mean", "Mean"), ("std", "Std"),
                ("zeros", "Zeros"), ("non-finite", "Non-finite"))
@@ -39,10 +43,13 @@ def _accent(widget: QWidget) -> QColor:
 class TensorDetailView(QWidget):
     cancel_requested = Signal()
     analyse_requested = Signal(object)  # the TensorInfo to (re)analyse
+    slice_requested = Signal(object, int, int)  # TensorInfo, first row, number of rows
 
     def __init__(self, parent=None):
         super().__init__(parent)
         self._info = None
+        self._result = None  # the last complete analysis of self._info
+        self._boundaries: list[pg.InfiniteLine] = []
         self._hist: tuple[np.ndarray, np.ndarray] | None = None
         self.title = QLabel("Select a tensor to see its values")
         f = self.title.font()
@@ -130,6 +137,20 @@ class TensorDetailView(QWidget):
         self.line_plot.setLabel("left", "value")
         self.line_curve = self.line_plot.plot(pen=pg.mkPen(accent, width=1.5))
         self.map_caption = QLabel("")
+        self.map_caption.setWordWrap(True)
+        # Whole tensor (pooled) or a band of rows at full row resolution.
+        self.map_mode = QComboBox()
+        self.map_mode.addItems(["Whole tensor", "Rows"])
+        self.map_mode.setToolTip("Whole tensor: block means of the full matrix. "
+                                 f"Rows: {SLICE_ROWS} rows from the chosen start, unpooled.")
+        self.map_mode.currentIndexChanged.connect(self._on_map_mode)
+        self.slice_start = QSpinBox()
+        self.slice_start.setPrefix("from row ")
+        self.slice_start.setSingleStep(SLICE_ROWS // 4)
+        self.slice_start.setKeyboardTracking(False)
+        self.slice_start.valueChanged.connect(lambda _v: self._slice_debounce.start())
+        self._slice_debounce = QTimer(self, singleShot=True, interval=150)
+        self._slice_debounce.timeout.connect(self._request_slice)
         self.map_stack = QStackedWidget()
         self.map_stack.addWidget(self.map_widget)
         self.map_stack.addWidget(self.line_widget)
@@ -138,7 +159,11 @@ class TensorDetailView(QWidget):
         mv.setContentsMargins(0, 0, 0, 0)
         mv.setSpacing(2)
         mv.addWidget(self.map_stack, 1)
-        mv.addWidget(self.map_caption)
+        controls = QHBoxLayout()
+        controls.addWidget(self.map_mode)
+        controls.addWidget(self.slice_start)
+        controls.addWidget(self.map_caption, 1)
+        mv.addLayout(controls)
 
         self.plots = QSplitter(Qt.Vertical)
         self.plots.addWidget(self.hist_widget)
@@ -209,9 +234,26 @@ class TensorDetailView(QWidget):
         self._hist = (np.asarray(result.hist_edges, dtype=np.float64),
                       np.asarray(result.hist_counts, dtype=np.float64))
         self._plot_histogram()
-        self._show_map(result)
+        self._result = result
+        self._enable_map_controls(result)
+        if self.map_mode.currentIndex() == 1 and result.rows > 1:
+            self._request_slice()
+        else:
+            self._show_map(result)
         self._set_idle("")
         self.button.setText("Analyse again")
+
+    def show_slice(self, info, start: int, image: np.ndarray, col_factor: int) -> None:
+        """Rows [start, start + len(image)) of `info`'s 2-D view, columns pooled by col_factor."""
+        if info is not self._info or self.map_mode.currentIndex() != 1 or self._result is None:
+            return  # a late answer for something no longer shown
+        img = np.asarray(image, dtype=np.float32)
+        n, cols = img.shape[0], self._result.cols
+        self._set_image(img, QRectF(0, start, cols, n))
+        self._clear_boundaries()
+        pooled = f", columns pooled by {col_factor}" if col_factor > 1 else ""
+        self.map_caption.setText(f"rows {start:,}–{start + n - 1:,} of {self._result.rows:,}, "
+                                 f"one pixel per row{pooled}")
 
     def show_cancelled(self) -> None:
         self._set_idle("Cancelled")
@@ -264,6 +306,10 @@ class TensorDetailView(QWidget):
         self.image.clear()
         self.line_curve.clear()
         self.map_caption.setText("")
+        self._result = None
+        self._clear_boundaries()
+        self.map_mode.setEnabled(False)
+        self.slice_start.setEnabled(False)
 
     def _show_map(self, result) -> None:
         img = np.asarray(result.image, dtype=np.float32)
@@ -275,6 +321,16 @@ class TensorDetailView(QWidget):
             self.map_caption.setText("1-D tensor: values by index"
                                      + (f" (means of {result.col_factor})" if result.col_factor > 1 else ""))
             return
+        self._set_image(img, QRectF(0, 0, result.cols, result.rows))
+        self._draw_boundaries(result)
+        if result.row_factor > 1 or result.col_factor > 1:
+            self.map_caption.setText(
+                f"{result.rows:,} × {result.cols:,} → {img.shape[0]} × {img.shape[1]} px, "
+                f"each the mean of {result.row_factor} × {result.col_factor} values")
+        else:
+            self.map_caption.setText(f"{result.rows:,} × {result.cols:,}, one pixel per value")
+
+    def _set_image(self, img: np.ndarray, rect: QRectF) -> None:
         self.map_stack.setCurrentWidget(self.map_widget)
         finite = np.abs(img[np.isfinite(img)])
         # Symmetric levels around 0 at the 99.5th percentile: a few outliers must not wash out
@@ -283,15 +339,56 @@ class TensorDetailView(QWidget):
         level = level if level > 0 else (float(finite.max()) if finite.size and finite.max() > 0 else 1.0)
         self.image.setImage(img, autoLevels=False)
         self.colorbar.setLevels((-level, level))
-        self.image.setRect(QRectF(0, 0, result.cols, result.rows))
+        self.image.setRect(rect)
         self.map_plot.enableAutoRange()
         self.map_plot.autoRange(padding=0)
-        if result.row_factor > 1 or result.col_factor > 1:
-            self.map_caption.setText(
-                f"{result.rows:,} × {result.cols:,} shown as {img.shape[0]} × {img.shape[1]} px: "
-                f"each pixel is the mean of {result.row_factor} × {result.col_factor} values")
+
+    def _clear_boundaries(self) -> None:
+        for line in self._boundaries:
+            self.map_plot.removeItem(line)
+        self._boundaries = []
+
+    def _draw_boundaries(self, result) -> None:
+        """Separators between the slabs of a stacked 3-D tensor (e.g. one per expert)."""
+        self._clear_boundaries()
+        shape = self._info.shape if self._info is not None else ()
+        if len(shape) < 3:
+            return
+        slab = shape[-2]
+        n_slabs = result.rows // slab
+        if not 1 < n_slabs <= MAX_BOUNDARY_LINES:
+            return
+        pen = pg.mkPen(self.palette().color(QPalette.WindowText), width=1, style=Qt.DashLine)
+        for k in range(1, n_slabs):
+            line = pg.InfiniteLine(pos=k * slab, angle=0, pen=pen, movable=False)
+            self.map_plot.addItem(line)
+            self._boundaries.append(line)
+
+    def _enable_map_controls(self, result) -> None:
+        two_d = result.rows > 1
+        self.map_mode.setEnabled(two_d)
+        self.slice_start.blockSignals(True)
+        self.slice_start.setRange(0, max(0, result.rows - 1))
+        self.slice_start.blockSignals(False)
+        self.slice_start.setEnabled(two_d and self.map_mode.currentIndex() == 1)
+
+    def _on_map_mode(self, index: int) -> None:
+        self.slice_start.setEnabled(index == 1 and self._result is not None)
+        if self._result is None:
+            return
+        if index == 1:
+            self._request_slice()
         else:
-            self.map_caption.setText(f"{result.rows:,} × {result.cols:,}, one pixel per value")
+            self._show_map(self._result)
+
+    def _request_slice(self) -> None:
+        if self._result is None or self._info is None or self.map_mode.currentIndex() != 1:
+            return
+        start = self.slice_start.value()
+        n = min(SLICE_ROWS, self._result.rows - start)
+        if n > 0:
+            self.map_caption.setText(f"loading rows {start:,}–{start + n - 1:,}…")
+            self.slice_requested.emit(self._info, start, n)
 
     def _on_button(self) -> None:
         if self._running:
