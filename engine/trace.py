@@ -54,8 +54,10 @@ class Recorder:
             return
         if not self.steps:  # recording outside a model's forward (e.g. a unit test)
             self.begin_step(0, tensor.shape[-2] if tensor.dim() >= 2 else 1)
-        self.steps[-1].data[(name, layer)] = tensor.detach().to("cpu", torch.float32).numpy().copy() \
-            if tensor.is_floating_point() else tensor.detach().cpu().numpy().copy()
+        t = tensor.detach().cpu()
+        if t.is_floating_point():
+            t = t.float()
+        self.steps[-1].data[(name, layer)] = t.numpy().copy()  # never a view of engine buffers
 
     @property
     def last(self) -> Step | None:

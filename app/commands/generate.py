@@ -43,13 +43,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def chat_prompt_ids(gf, tok, user_text: str) -> list[int]:
     """The prompt as one user turn of the model's chat template (or the arch's fallback)."""
-    from engine.chat_template import fallback_template, render_chat
+    from engine.chat_template import render_chat
 
-    template = gf.metadata.get("tokenizer.chat_template") or fallback_template(gf.architecture)
-    bos = tok.decode([tok.bos_id], skip_special=False) if tok.bos_id is not None else ""
-    eos = tok.decode([tok.eos_id], skip_special=False) if tok.eos_id is not None else ""
-    text = render_chat(template, [{"role": "user", "content": user_text}],
-                       add_generation_prompt=True, bos_token=bos, eos_token=eos)
+    text = render_chat(gf.metadata, [{"role": "user", "content": user_text}],
+                       add_generation_prompt=True)
     ids = tok.encode(text, add_special=True, parse_special=True)
     if len(ids) >= 2 and tok.bos_id is not None and ids[0] == ids[1] == tok.bos_id:
         ids = ids[1:]  # the template wrote BOS and the tokenizer added another (as llama.cpp warns)
