@@ -80,7 +80,7 @@ class BenchResult:
 def _timed_prefill(model, ids: list[int], n_ctx: int) -> tuple[float, torch.Tensor, Any]:
     cache = model.new_cache(n_ctx)
     t0 = time.perf_counter()
-    logits = model.forward(torch.tensor(ids, dtype=torch.long), cache, 0)
+    logits = model.forward(torch.tensor(ids, dtype=torch.long), cache, 0, all_logits=False)
     next_id = int(torch.argmax(logits[-1]))
     return time.perf_counter() - t0, torch.tensor([next_id]), cache
 
@@ -108,7 +108,7 @@ def run_bench(path: str | Path, n_prompt: int = 512, n_gen: int = 128, threads: 
             prompt_s, token, cache = _timed_prefill(model, bench_prompt_ids(n_prompt, model.n_vocab, bos), n_ctx)
             t0 = time.perf_counter()
             for pos in range(n_prompt, n_prompt + n_gen):
-                logits = model.forward(token, cache, pos)
+                logits = model.forward(token, cache, pos, all_logits=False)
                 token = torch.argmax(logits[-1]).reshape(1)
             gen_s = time.perf_counter() - t0
         result.reps.append(RepResult(load_s=load_s, prompt_tok_s=n_prompt / prompt_s,

@@ -23,7 +23,9 @@ class RMSNorm:
         self.eps = eps
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+        # One fused op instead of pow/mean/add/rsqrt/mul/mul: each op is a thread sync in a
+        # prompt pass, and a few microseconds of dispatch in a decode step.
+        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
 
 
 # -- rotary position embedding ------------------------------------------------------------------
@@ -71,12 +73,48 @@ class RoPE:
             theta = theta * freq_scale
         self.theta = theta  # [n_rot/2] float64
 
+    def _table(self, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [>= end, n_rot/2] float32 for positions 0.., computed once and grown by
+        doubling (decode steps then only slice). Rebuilt if `mscale` is changed after init."""
+        cached = getattr(self, "_cache", None)
+        if cached is None or cached[0] < end or cached[1] != self.mscale:
+            n = max(end, 2 * cached[0] if cached is not None else 256)
+            ang = torch.arange(n, dtype=torch.float64)[:, None] * self.theta[None, :]  # [n, r/2]
+            cos = (ang.cos() * self.mscale).to(torch.float32)
+            sin = (ang.sin() * self.mscale).to(torch.float32)
+            # Full-width forms for `rotate`: out = x * c + partner(x) * s, partner(x) being the
+            # other element of x's rotation pair (NEOX: other half; NORM: other of a pair).
+            if self.neox:
+                c, s = torch.cat((cos, cos), -1), torch.cat((-sin, sin), -1)  # [n, r]
+            else:
+                c = torch.stack((cos, cos), -1).flatten(-2)  # [n, r]
+                s = torch.stack((-sin, sin), -1).flatten(-2)
+            self._cache = cached = (n, self.mscale, cos, sin, c, s)
+        return cached[2], cached[3]
+
     def cos_sin(self, start_pos: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin [n, n_rot/2] float32 for positions start_pos .. start_pos + n - 1."""
-        pos = torch.arange(start_pos, start_pos + n, dtype=torch.float64)
-        ang = pos[:, None] * self.theta[None, :]  # [n, n_rot/2]
-        return ((ang.cos() * self.mscale).to(torch.float32),
-                (ang.sin() * self.mscale).to(torch.float32))
+        cos, sin = self._table(start_pos + n)
+        return cos[start_pos:start_pos + n], sin[start_pos:start_pos + n]
+
+    def tables(self, start_pos: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Full-width cos, signed sin [n, n_rot] for `rotate` (slices of a cached table)."""
+        self._table(start_pos + n)
+        c, s = self._cache[4], self._cache[5]
+        return c[start_pos:start_pos + n], s[start_pos:start_pos + n]
+
+    def rotate(self, x: torch.Tensor, c: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """x [H, T, D] -> rotated [H, T, D] with `tables` output; same values as __call__
+        (x1*cos - x2*sin == x1*cos + x2*(-sin)) in 3 ops instead of ~8."""
+        r = self.n_rot
+        xr = x if r == x.shape[-1] else x[..., :r]
+        if self.neox:
+            partner = torch.roll(xr, r // 2, dims=-1) if r == x.shape[-1] else \
+                torch.cat((xr[..., r // 2:], xr[..., : r // 2]), -1)  # [x2, x1]
+        else:
+            partner = xr.unflatten(-1, (r // 2, 2)).flip(-1).flatten(-2)  # (x2i+1, x2i) pairs
+        out = torch.addcmul(xr * c, partner, s)
+        return out if r == x.shape[-1] else torch.cat((out, x[..., r:]), dim=-1)
 
     def __call__(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """x [H, T, D] -> rotated [H, T, D]; dims past n_rot pass through."""
@@ -103,6 +141,8 @@ def _yarn_corr_dims(n_dims: int, orig_ctx: int, base: float, beta_fast: float,
 
 
 # -- attention ----------------------------------------------------------------------------------
+
+EXPLICIT_ATTN_MAX_T = 64  # queries up to which attention() multiplies explicitly, not via SDPA
 
 def attention_mask(start_pos: int, n: int, window: int | None = None, full: bool = False
                    ) -> tuple[int, torch.Tensor | None]:
@@ -135,13 +175,17 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     n_head, n_tok, _ = q.shape
     n_kv = k.shape[0]
     group = n_head // n_kv
-    if recorder is not None and recorder.wants("attn_probs"):
+    recording = recorder is not None and recorder.wants("attn_probs")
+    # Few queries (decode steps, short prompts): three small ops beat SDPA's CPU flash kernel,
+    # whose setup alone costs ~0.3 ms a call (measured on a 1-token Gemma 3 step).
+    if recording or n_tok <= EXPLICIT_ATTN_MAX_T:
         qg = q.reshape(n_kv, group * n_tok, q.shape[-1])  # [Hkv, G*T, D]
         scores = (qg @ k.transpose(1, 2)).mul_(scale).view(n_head, n_tok, -1)  # [Hq, T, S]
         if mask is not None:
             scores.masked_fill_(~mask, float("-inf"))
         probs = scores.softmax(dim=-1)  # [Hq, T, S]
-        recorder.record("attn_probs", layer, probs)
+        if recording:
+            recorder.record("attn_probs", layer, probs)
         out = probs.view(n_kv, group * n_tok, -1) @ v  # [Hkv, G*T, Dv]
         return out.view(n_head, n_tok, -1)
     out = F.scaled_dot_product_attention(q[None], k[None], v[None], attn_mask=mask, scale=scale,
@@ -159,11 +203,85 @@ ACTIVATIONS = {"silu": F.silu, "gelu_tanh": gelu_tanh}
 
 
 class GatedMLP:
-    """down(act(gate(x)) * up(x)): SwiGLU with silu, GeGLU with gelu_tanh. x [T, C] -> [T, C]."""
+    """down(act(gate(x)) * up(x)): SwiGLU with silu, GeGLU with gelu_tanh. x [T, C] -> [T, C].
+
+    gate and up run as one matmul when they can be stacked (see `FusedLinear`)."""
 
     def __init__(self, gate, up, down, activation: str = "silu"):
-        self.gate, self.up, self.down = gate, up, down
+        self.gate_up = FusedLinear([gate, up])
+        self.gate, self.up = self.gate_up.parts  # views into the stacked weight
+        self.down = down
         self.act = ACTIVATIONS[activation]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(self.act(self.gate(x)) * self.up(x))
+        g, u = self.gate_up(x)  # [T, F] each
+        return self.down(self.act(g).mul_(u))
+
+
+# -- fused projections --------------------------------------------------------------------------
+
+def _fuse_key(lin) -> tuple | None:
+    """Linears with equal keys can be stacked row-wise into one (same storage and input)."""
+    from engine.linear import Linear  # noqa: PLC0415
+    from engine.quant_linear import QuantLinear  # noqa: PLC0415
+
+    if type(lin) is QuantLinear:
+        return ("packed", lin.ggml_type, lin.in_features, lin.uses_kernels)
+    if type(lin) is Linear:
+        return ("f32", lin.in_features)
+    return None
+
+
+def _stack(parts: list) -> tuple[object, list]:
+    """One linear stacking `parts`' rows, and the parts rebuilt as views into its storage
+    (so keeping them, e.g. for inspection, costs no memory)."""
+    from engine.linear import Linear  # noqa: PLC0415
+    from engine.quant_linear import QuantLinear  # noqa: PLC0415
+
+    bounds = [0]
+    for p in parts:
+        bounds.append(bounds[-1] + p.out_features)
+    if isinstance(parts[0], QuantLinear):
+        fused = QuantLinear.cat(parts)
+        views = [QuantLinear(fused.packed[a:b], p.ggml_type, p.in_features,
+                             None if fused.bias is None else fused.bias[a:b], p.name, p.threads)
+                 for p, a, b in zip(parts, bounds, bounds[1:])]
+    else:
+        has_bias = any(p.bias is not None for p in parts)
+        bias = torch.cat([p.bias if p.bias is not None else torch.zeros(p.out_features)
+                          for p in parts]) if has_bias else None
+        fused = Linear(torch.cat([p.weight for p in parts]), bias)
+        views = [Linear(fused.weight[a:b], None if bias is None else bias[a:b])
+                 for a, b in zip(bounds, bounds[1:])]
+    return fused, views
+
+
+class FusedLinear:
+    """Several projections of the same input (q/k/v, gate/up) as few matmuls: consecutive parts
+    of one storage type are stacked into one weight, so a decode step makes one kernel call
+    (one thread fork/join) instead of several. `__call__` returns the outputs in part order."""
+
+    def __init__(self, parts: list):
+        self.groups: list[tuple[object, list[int]]] = []  # (linear, output sizes)
+        self.parts: list = []
+        i = 0
+        while i < len(parts):
+            j = i + 1
+            key = _fuse_key(parts[i])
+            while key is not None and j < len(parts) and _fuse_key(parts[j]) == key:
+                j += 1
+            if j - i > 1:
+                fused, views = _stack(parts[i:j])
+            else:
+                fused, views = parts[i], [parts[i]]
+            self.groups.append((fused, [p.out_features for p in views]))
+            self.parts.extend(views)
+            i = j
+
+    def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """x [T, in] -> [y_0 [T, out_0], y_1 [T, out_1], ...]"""
+        outs: list[torch.Tensor] = []
+        for lin, sizes in self.groups:
+            y = lin(x)
+            outs.extend(y.split(sizes, dim=-1) if len(sizes) > 1 else (y,))
+        return outs

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from gguf.constants import GGMLQuantizationType
 
 from engine.gguf.dequant import dequantize_raw
+from engine.linear import exact_mode
 
 GATING_SOFTMAX = 1  # gguf.ExpertGatingFuncType values ({arch}.expert_gating_func)
 GATING_SIGMOID = 2
@@ -86,7 +87,10 @@ def route(logits: torch.Tensor, cfg: RouterConfig,
 # ----------------------------------------------------------------------------- expert weights
 
 def _quant_linear_class() -> Any:
-    """The performance engine's packed-weight linear (None if that module is unavailable)."""
+    """The performance engine's packed-weight linear; None if that module is unavailable or
+    exact weights are asked for (its decode kernel rounds activations to 8 bits)."""
+    if exact_mode():
+        return None
     try:
         from engine.quant_linear import QuantLinear  # noqa: PLC0415
     except ImportError:
@@ -109,7 +113,8 @@ class StackedExperts:
     experts nobody routes to are never read. Float experts (F32/F16/BF16) are multiplied from
     that view (f16/bf16 upcast one expert at a time); quantized ones through a `QuantLinear`
     per expert over its packed rows (fused kernels for decode, chunked dequantize + GEMM for
-    prefill), or, without it, by decoding that one expert per call.
+    prefill), or, without it or in exact mode (`engine.linear.exact_weights`), by decoding
+    that one expert per call (exact float32 products).
     """
 
     def __init__(self, raw: np.ndarray, ggml_type: int, shape: Sequence[int], name: str = ""):

@@ -511,10 +511,7 @@ def test_run_gui_opens_the_file_given_on_the_command_line(tiny, tmp_path):
 def test_window_stays_responsive_while_the_biggest_tensor_is_analysed(qtbot, lens):
     from engine.default_model import default_model_path
 
-    try:
-        path = default_model_path()
-    except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"default model unavailable: {exc}")
+    path = default_model_path()
     open_file(qtbot, lens, path)
     b = lens.browser
     b.tabs.setCurrentWidget(b.tensor_split)

@@ -3,6 +3,11 @@
 With --chat the prompt becomes one user message rendered by the model's chat template; with
 --json nothing is streamed and one JSON object (text, ids, prompt ids, timings) is printed.
 A summary of speeds goes to stderr.
+
+--trace-routing FILE.json (MoE models) writes which experts every token went to, in every MoE
+layer: `{"layers": [...], "tokens": [{"id", "text", "experts", "weights"}]}` for the prompt
+tokens and every generated one. generate() never feeds its last token back through the model,
+so that token is run once more, with the recorder, into the same cache.
 """
 
 from __future__ import annotations
@@ -11,11 +16,17 @@ import argparse
 import json
 import sys
 
+import torch
+
 from engine.default_model import resolve_model_path
+from engine.errors import LLMLensError
 from engine.generate import Done, PromptDone, Token, generate
+from engine.gguf.reader import open_gguf
 from engine.models.base import load_model
+from engine.moe import collect_routing, routing_trace_json
 from engine.sampling import SamplingParams
 from engine.tokenizer import load_tokenizer
+from engine.trace import Recorder
 
 _DEFAULTS = SamplingParams()
 
@@ -39,6 +50,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object at the end")
     p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads")
     p.add_argument("-c", "--ctx-size", type=int, default=None, help="context size in tokens")
+    p.add_argument("--trace-routing", metavar="FILE.json", default=None,
+                   help="MoE models: write the experts each token (prompt and generated) was "
+                        "routed to in every MoE layer, with their weights, as JSON")
 
 
 def chat_prompt_ids(gf, tok, user_text: str) -> list[int]:
@@ -53,9 +67,47 @@ def chat_prompt_ids(gf, tok, user_text: str) -> list[int]:
     return ids
 
 
+def _check_moe(gf) -> None:
+    """--trace-routing needs routed experts: fail before loading a dense model's weights."""
+    arch = gf.architecture
+    if not gf.metadata.get(f"{arch}.expert_count"):
+        raise LLMLensError(f"--trace-routing needs a mixture-of-experts model, but "
+                           f"{gf.path.name} ({arch}) has no experts")
+
+
+def write_routing_trace(path: str, model, tok, recorder: Recorder, cache, prompt_ids: list[int],
+                        gen_ids: list[int]) -> dict:
+    """Run the last generated token through the model (generate() stops before feeding it),
+    then write the routing of every prompt and generated token to `path`; returns the document."""
+    if gen_ids:
+        pos = len(prompt_ids) + len(gen_ids) - 1
+        model.forward(torch.tensor(gen_ids[-1:], dtype=torch.long), cache, pos, recorder,
+                      all_logits=False)
+    seq = list(prompt_ids) + list(gen_ids)
+    ids, weights = collect_routing(recorder, model.moe_layers)
+    if ids and ids[0].shape[0] != len(seq):  # e.g. generation cancelled mid-prompt
+        raise LLMLensError(f"routing was recorded for {ids[0].shape[0]} of {len(seq)} tokens")
+    texts = [tok.decode([t], skip_special=False) for t in seq]
+    doc = routing_trace_json(model.moe_layers, seq, texts, ids, weights)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(doc, f, ensure_ascii=False)
+        f.write("\n")
+    return doc
+
+
 def run(args: argparse.Namespace) -> int:
-    model = load_model(resolve_model_path(args.model), n_ctx=args.ctx_size, threads=args.threads)
+    gf = open_gguf(resolve_model_path(args.model))
+    if args.trace_routing:
+        _check_moe(gf)
+    model = load_model(gf, n_ctx=args.ctx_size, threads=args.threads)
     tok = load_tokenizer(model.gguf)
+    recorder = cache = None
+    if args.trace_routing:
+        if not getattr(model, "moe_layers", None):
+            raise LLMLensError(f"--trace-routing needs a mixture-of-experts model, but "
+                               f"{gf.path.name} has no MoE layers")
+        recorder = Recorder(names=("moe_topk_ids", "moe_topk_weights"))
+        cache = model.new_cache()  # kept to run the last token through afterwards
     if args.chat:
         prompt_ids = chat_prompt_ids(model.gguf, tok, args.prompt)
     else:
@@ -66,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     out = sys.stdout
     printed, ids, done = "", [], None
     for ev in generate(model, tok, prompt_ids, params, max_new_tokens=args.n_predict,
-                       stop_strings=args.stop):
+                       stop_strings=args.stop, trace=recorder, cache=cache):
         if isinstance(ev, Token):
             ids.append(ev.id)
             if not args.json and ev.text:
@@ -78,12 +130,16 @@ def run(args: argparse.Namespace) -> int:
         elif isinstance(ev, PromptDone):
             pass
     t = done.timings
+    if args.trace_routing:
+        write_routing_trace(args.trace_routing, model, tok, recorder, cache, list(prompt_ids), ids)
     if args.json:
         json.dump({"text": done.text, "ids": ids, "prompt_ids": list(prompt_ids),
                    "finish_reason": done.reason,
                    "timings": {"prompt_tokens": t.prompt_tokens, "prompt_tok_s": t.prompt_tok_s,
                                "ttft_s": t.ttft_s, "gen_tokens": t.gen_tokens,
-                               "gen_tok_s": t.gen_tok_s}}, out, ensure_ascii=False)
+                               "gen_tok_s": t.gen_tok_s,
+                               "cache_bytes_per_token": t.cache_bytes_per_token}},
+                  out, ensure_ascii=False)
         out.write("\n")
     else:
         # Text held back while it could have started a stop string, or a final partial char.

@@ -22,7 +22,7 @@ from engine.gguf.dequant import dequantize
 from engine.gguf.reader import GGUFFile, TensorInfo, open_gguf
 from engine.kv_cache import KVCache
 from engine.layers import RMSNorm, RoPE, YarnParams
-from engine.linear import Embedding, Linear
+from engine.linear import Embedding, Linear, exact_weights
 from engine.threads import set_threads
 from engine.trace import Recorder
 
@@ -230,13 +230,21 @@ class Model:
         return None if w is None else RMSNorm(w, self.config.rms_eps)
 
     def load_embedding(self) -> Embedding:
-        return Embedding(self.gguf, self.tensor_info("token_embd.weight"))
+        """token_embd. When the output head is tied to it, the table is loaded once (packed or
+        f32, as `Linear.from_gguf` decides) and serves both lookups and `load_output`."""
+        info = self.tensor_info("token_embd.weight")
+        if self.gguf.has_tensor("output.weight"):
+            return Embedding(self.gguf, info)  # rows decoded straight from the file
+        self._tied_head = Linear.from_gguf(self.gguf, info)
+        return Embedding(self.gguf, info, table=self._tied_head)
 
     def load_output(self) -> Linear:
         """lm_head: `output.weight`, or the token embedding when the file ties them."""
         if self.gguf.has_tensor("output.weight"):
             return self.load_linear("output")
-        return Linear.from_gguf(self.gguf, self.tensor_info("token_embd.weight"))
+        head = getattr(self, "_tied_head", None)
+        return head if head is not None else Linear.from_gguf(self.gguf,
+                                                              self.tensor_info("token_embd.weight"))
 
     def make_rope(self, neox: bool, base: float | None = None, scaled: bool = True,
              freq_factors: torch.Tensor | None = None) -> RoPE:
@@ -263,8 +271,12 @@ def _as_ids(ids: torch.Tensor | list[int]) -> torch.Tensor:
 
 
 def load_model(path_or_gguf: str | os.PathLike | GGUFFile, n_ctx: int | None = None,
-               threads: int | None = None) -> Model:
-    """Open a GGUF file (or use an open one) and build the model its architecture names."""
+               threads: int | None = None, exact: bool | None = None) -> Model:
+    """Open a GGUF file (or use an open one) and build the model its architecture names.
+
+    Quantized weights stay packed (fused kernels) unless `exact=True` (or LLMLENS_EXACT_WEIGHTS=1
+    with exact=None), which dequantizes them to float32 for exact-product reference checks.
+    """
     set_threads(threads)  # once per load; a no-op when the count is already in force
     gf = path_or_gguf if isinstance(path_or_gguf, GGUFFile) else open_gguf(path_or_gguf)
     arch = gf.architecture
@@ -273,4 +285,7 @@ def load_model(path_or_gguf: str | os.PathLike | GGUFFile, n_ctx: int | None = N
             f"{gf.path.name}: architecture {arch or '(none)'!r} is not supported "
             f"(supported: {', '.join(supported_architectures())})")
     importlib.import_module(ARCH_MODULES[arch])
-    return _REGISTRY[arch].from_gguf(gf, n_ctx)
+    if exact is None:
+        return _REGISTRY[arch].from_gguf(gf, n_ctx)
+    with exact_weights(exact):
+        return _REGISTRY[arch].from_gguf(gf, n_ctx)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from engine.kv_cache import KVCache
-from engine.layers import GatedMLP, RoPE, attention, attention_mask
+from engine.layers import FusedLinear, GatedMLP, RoPE, attention, attention_mask
 from engine.models.base import COMMON_KEYS, Model, TransformerConfig, _as_ids, register
 from engine.trace import Recorder
 
@@ -70,9 +70,10 @@ class Attention:
     def __init__(self, m: "Gemma3Model", i: int):
         c = m.config
         self.n_head, self.n_kv = c.n_head, c.n_head_kv
-        self.wq = m.load_linear(f"blk.{i}.attn_q")  # [n_head * head_dim, n_embd]
-        self.wk = m.load_linear(f"blk.{i}.attn_k")  # [n_kv * head_dim, n_embd]
-        self.wv = m.load_linear(f"blk.{i}.attn_v")  # [n_kv * head_dim_v, n_embd]
+        # q [n_head * head_dim, n_embd], k [n_kv * head_dim, n_embd], v [n_kv * head_dim_v, n_embd],
+        # stacked where their types allow (one kernel call instead of three)
+        self.wqkv = FusedLinear([m.load_linear(f"blk.{i}.attn_{w}") for w in "qkv"])
+        self.wq, self.wk, self.wv = self.wqkv.parts
         self.wo = m.load_linear(f"blk.{i}.attn_output")  # [n_embd, n_head * head_dim_v]
         self.q_norm = m.load_norm(f"blk.{i}.attn_q_norm")  # [head_dim]
         self.k_norm = m.load_norm(f"blk.{i}.attn_k_norm")
@@ -82,11 +83,12 @@ class Attention:
                  cos: torch.Tensor, sin: torch.Tensor, key_start: int, mask: torch.Tensor | None,
                  recorder: Recorder | None) -> torch.Tensor:
         T = x.shape[0]
-        q = self.q_norm(self.wq(x).view(T, self.n_head, -1))  # [T, Hq, D]
-        k = self.k_norm(self.wk(x).view(T, self.n_kv, -1))  # [T, Hkv, D]
-        v = self.wv(x).view(T, self.n_kv, -1)  # [T, Hkv, Dv]
-        q = rope(q.transpose(0, 1), cos, sin)  # [Hq, T, D]
-        k = rope(k.transpose(0, 1), cos, sin)  # [Hkv, T, D]
+        q, k, v = self.wqkv(x)  # [T, Hq*D], [T, Hkv*D], [T, Hkv*Dv]
+        q = self.q_norm(q.view(T, self.n_head, -1))  # [T, Hq, D]
+        k = self.k_norm(k.view(T, self.n_kv, -1))  # [T, Hkv, D]
+        v = v.view(T, self.n_kv, -1)  # [T, Hkv, Dv]
+        q = rope.rotate(q.transpose(0, 1), cos, sin)  # [Hq, T, D]
+        k = rope.rotate(k.transpose(0, 1), cos, sin)  # [Hkv, T, D]
         keys, values = cache.update(layer, start_pos, k, v.transpose(0, 1))  # [Hkv, S, D]
         out = attention(q, keys[:, key_start:], values[:, key_start:], mask, self.scale,
                         recorder, layer)  # [Hq, T, Dv]
@@ -139,8 +141,8 @@ class Gemma3Model(Model):
         # One mask (and rope table) per layer kind, shared by all layers of that kind.
         masks = {False: attention_mask(start_pos, T, None, full),
                  True: attention_mask(start_pos, T, c.sliding_window, full)}
-        ropes = {False: (self.rope_global, *self.rope_global.cos_sin(start_pos, T)),
-                 True: (self.rope_local, *self.rope_local.cos_sin(start_pos, T))}
+        ropes = {False: (self.rope_global, *self.rope_global.tables(start_pos, T)),
+                 True: (self.rope_local, *self.rope_local.tables(start_pos, T))}  # [T, n_rot]
         x = self.embed(ids) * self.embed_scale  # [T, n_embd]
         for i, block in enumerate(self.blocks):
             key_start, mask = masks[block.local]

@@ -13,7 +13,7 @@ import torch
 
 from engine.errors import UnsupportedArchitectureError
 from engine.kv_cache import KVCache
-from engine.layers import GatedMLP, RoPE, attention, attention_mask
+from engine.layers import FusedLinear, GatedMLP, RoPE, attention, attention_mask
 from engine.models.base import Model, TransformerConfig, _as_ids, register
 from engine.trace import Recorder
 
@@ -22,9 +22,10 @@ class Attention:
     def __init__(self, m: "LlamaModel", i: int):
         c = m.config
         self.n_head, self.n_kv, self.head_dim = c.n_head, c.n_head_kv, c.head_dim
-        self.wq = m.load_linear(f"blk.{i}.attn_q")  # [n_head * head_dim, n_embd]
-        self.wk = m.load_linear(f"blk.{i}.attn_k")  # [n_kv * head_dim, n_embd]
-        self.wv = m.load_linear(f"blk.{i}.attn_v")  # [n_kv * head_dim_v, n_embd]
+        # q [n_head * head_dim, n_embd], k [n_kv * head_dim, n_embd], v [n_kv * head_dim_v, n_embd],
+        # stacked where their types allow (one kernel call instead of three)
+        self.wqkv = FusedLinear([m.load_linear(f"blk.{i}.attn_{w}") for w in "qkv"])
+        self.wq, self.wk, self.wv = self.wqkv.parts
         self.wo = m.load_linear(f"blk.{i}.attn_output")  # [n_embd, n_head * head_dim_v]
         self.q_norm = m.load_norm(f"blk.{i}.attn_q_norm") if m.qk_norm else None  # [head_dim]
         self.k_norm = m.load_norm(f"blk.{i}.attn_k_norm") if m.qk_norm else None
@@ -34,13 +35,14 @@ class Attention:
                  cos: torch.Tensor, sin: torch.Tensor, key_start: int, mask: torch.Tensor | None,
                  recorder: Recorder | None) -> torch.Tensor:
         T = x.shape[0]
-        q = self.wq(x).view(T, self.n_head, -1)  # [T, Hq, D]
-        k = self.wk(x).view(T, self.n_kv, -1)  # [T, Hkv, D]
-        v = self.wv(x).view(T, self.n_kv, -1)  # [T, Hkv, Dv]
+        q, k, v = self.wqkv(x)  # [T, Hq*D], [T, Hkv*D], [T, Hkv*Dv]
+        q = q.view(T, self.n_head, -1)  # [T, Hq, D]
+        k = k.view(T, self.n_kv, -1)  # [T, Hkv, D]
+        v = v.view(T, self.n_kv, -1)  # [T, Hkv, Dv]
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q = rope(q.transpose(0, 1), cos, sin)  # [Hq, T, D]
-        k = rope(k.transpose(0, 1), cos, sin)  # [Hkv, T, D]
+        q = rope.rotate(q.transpose(0, 1), cos, sin)  # [Hq, T, D]
+        k = rope.rotate(k.transpose(0, 1), cos, sin)  # [Hkv, T, D]
         keys, values = cache.update(layer, start_pos, k, v.transpose(0, 1))  # [Hkv, S, D]
         out = attention(q, keys[:, key_start:], values[:, key_start:], mask, self.scale,
                         recorder, layer)  # [Hq, T, Dv]
@@ -100,7 +102,7 @@ class LlamaModel(Model):
             recorder.begin_step(start_pos, T)
         full = recorder is not None and recorder.wants("attn_probs")
         key_start, mask = attention_mask(start_pos, T, None, full)
-        cos, sin = self.rope.cos_sin(start_pos, T)  # [T, n_rot/2]
+        cos, sin = self.rope.tables(start_pos, T)  # [T, n_rot]
         x = self.embed(ids)  # [T, n_embd]
         for i, block in enumerate(self.blocks):
             x = block(x, cache, i, start_pos, self.rope, cos, sin, key_start, mask, recorder)
