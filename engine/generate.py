@@ -23,7 +23,10 @@ from engine.kv_cache import KVCache
 from engine.sampling import SamplingParams, make_generator, make_sampler
 from engine.trace import Recorder
 
-PROMPT_CHUNK = 512  # tokens per batched prompt pass: bounds the attention buffers
+# Tokens per batched prompt pass. It bounds the activations of a pass ([T, n_ff] projections,
+# [H, T, S] attention scores): on Gemma 3 270M 128-token passes peak ~10 MB lower than 256-token
+# ones (what keeps model memory within 1.3x the file) for ~10% less prompt speed.
+PROMPT_CHUNK = 128
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,17 @@ class Done:
 
 
 Event = Union[PromptDone, Token, Done]
+
+
+def prefill(model, ids: Sequence[int], cache: KVCache, start_pos: int = 0,
+            trace: Recorder | None = None) -> torch.Tensor:
+    """Process prompt ids in PROMPT_CHUNK-token passes, as generate() does; returns the last
+    position's logits [1, n_vocab]."""
+    logits = None
+    for start in range(0, len(ids), PROMPT_CHUNK):
+        chunk = torch.tensor(list(ids[start:start + PROMPT_CHUNK]), dtype=torch.long)
+        logits = model.forward(chunk, cache, start_pos + start, trace, all_logits=False)  # [1, V]
+    return logits
 
 
 def _first_stop(text: str, stops: Sequence[str], start: int) -> int | None:

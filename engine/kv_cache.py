@@ -18,8 +18,10 @@ class KVCache:
                  head_dim_v: int | None = None, dtype: torch.dtype = torch.float32):
         head_dim_v = head_dim_k if head_dim_v is None else head_dim_v
         self.n_ctx = n_ctx
-        self.keys = [torch.zeros(n_kv_heads, n_ctx, head_dim_k, dtype=dtype) for _ in range(n_layers)]
-        self.values = [torch.zeros(n_kv_heads, n_ctx, head_dim_v, dtype=dtype) for _ in range(n_layers)]
+        # torch.empty, not zeros: positions past n_filled are never read, and untouched pages of
+        # a large buffer cost no RAM until a long conversation actually reaches them.
+        self.keys = [torch.empty(n_kv_heads, n_ctx, head_dim_k, dtype=dtype) for _ in range(n_layers)]
+        self.values = [torch.empty(n_kv_heads, n_ctx, head_dim_v, dtype=dtype) for _ in range(n_layers)]
         self.n_filled = 0  # positions [0, n_filled) hold valid entries
         itemsize = torch.empty(0, dtype=dtype).element_size()
         self.bytes_per_token = n_layers * n_kv_heads * (head_dim_k + head_dim_v) * itemsize

@@ -142,7 +142,9 @@ def _yarn_corr_dims(n_dims: int, orig_ctx: int, base: float, beta_fast: float,
 
 # -- attention ----------------------------------------------------------------------------------
 
-EXPLICIT_ATTN_MAX_T = 64  # queries up to which attention() multiplies explicitly, not via SDPA
+# attention() multiplies explicitly (scores, softmax, @ v) while the score matrix [Hq, T, S] has
+# at most this many elements (16 MB), else it calls SDPA, which never materialises it.
+EXPLICIT_ATTN_MAX_SCORES = 4 << 20
 
 def attention_mask(start_pos: int, n: int, window: int | None = None, full: bool = False
                    ) -> tuple[int, torch.Tensor | None]:
@@ -176,9 +178,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     n_kv = k.shape[0]
     group = n_head // n_kv
     recording = recorder is not None and recorder.wants("attn_probs")
-    # Few queries (decode steps, short prompts): three small ops beat SDPA's CPU flash kernel,
-    # whose setup alone costs ~0.3 ms a call (measured on a 1-token Gemma 3 step).
-    if recording or n_tok <= EXPLICIT_ATTN_MAX_T:
+    # Small problems (decode steps, prompt chunks of small models): three ops beat SDPA's CPU
+    # flash kernel, whose setup alone costs ~0.3 ms a call (measured on a 1-token Gemma 3 step).
+    if recording or n_head * n_tok * k.shape[1] <= EXPLICIT_ATTN_MAX_SCORES:
         qg = q.reshape(n_kv, group * n_tok, q.shape[-1])  # [Hkv, G*T, D]
         scores = (qg @ k.transpose(1, 2)).mul_(scale).view(n_head, n_tok, -1)  # [Hq, T, S]
         if mask is not None:
@@ -215,7 +217,9 @@ class GatedMLP:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         g, u = self.gate_up(x)  # [T, F] each
-        return self.down(self.act(g).mul_(u))
+        h = self.act(g).mul_(u)  # [T, F]
+        del g, u  # frees the [T, 2F] projection before `down` allocates (prompt-pass peak)
+        return self.down(h)
 
 
 # -- fused projections --------------------------------------------------------------------------
@@ -242,7 +246,20 @@ def _stack(parts: list) -> tuple[object, list]:
     for p in parts:
         bounds.append(bounds[-1] + p.out_features)
     if isinstance(parts[0], QuantLinear):
-        fused = QuantLinear.cat(parts)
+        first = parts[0].packed
+        adjacent = all(p.packed.untyped_storage().data_ptr() == first.untyped_storage().data_ptr()
+                       and p.packed.data_ptr() == first.data_ptr() + a * first.stride(0)
+                       for p, a in zip(parts, bounds))
+        if adjacent:  # consecutive views of one buffer (engine.linear.load_stacked): no copy
+            packed = first.new_empty(0).set_(first.untyped_storage(), first.storage_offset(),
+                                             (bounds[-1], first.shape[1]), first.stride())
+            has_bias = any(p.bias is not None for p in parts)
+            bias = torch.cat([p.bias if p.bias is not None else torch.zeros(p.out_features)
+                              for p in parts]) if has_bias else None
+            fused = QuantLinear(packed, parts[0].ggml_type, parts[0].in_features, bias,
+                                name="+".join(p.name for p in parts), threads=parts[0].threads)
+        else:
+            fused = QuantLinear.cat(parts)
         views = [QuantLinear(fused.packed[a:b], p.ggml_type, p.in_features,
                              None if fused.bias is None else fused.bias[a:b], p.name, p.threads)
                  for p, a, b in zip(parts, bounds, bounds[1:])]

@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from engine.gguf.dequant import dequantize, dequantize_row_ids
 from engine.gguf.reader import GGUFFile, TensorInfo
 
-__all__ = ["Linear", "Embedding", "exact_weights", "exact_mode", "release_pages"]
+__all__ = ["Linear", "Embedding", "load_stacked", "copy_out", "release_all", "exact_weights", "exact_mode",
+           "release_pages"]
 
 _F32 = 0  # ggml type id of float32
 _exact: contextvars.ContextVar[bool | None] = contextvars.ContextVar("llmlens_exact", default=None)
@@ -56,8 +57,10 @@ def exact_weights(on: bool = True) -> Iterator[None]:
         _exact.reset(token)
 
 
-def release_pages(gf: GGUFFile, info: TensorInfo) -> None:
-    """Drop this process's mapping of a tensor's file pages once its bytes have been copied.
+def release_pages(gf: GGUFFile, info: TensorInfo, start: int = 0, n_bytes: int | None = None
+                  ) -> None:
+    """Drop this process's mapping of a tensor's file pages (bytes [start, start + n_bytes) of
+    it, default all) once they have been copied.
 
     The page cache keeps them (a later read refaults from memory, not disk); only RSS shrinks.
     Best effort: skipped where madvise or the reader's map is unavailable.
@@ -65,12 +68,50 @@ def release_pages(gf: GGUFFile, info: TensorInfo) -> None:
     mm = getattr(gf, "_mmap", None)
     if mm is None or not hasattr(mm, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
         return
-    start = info.offset - info.offset % mmap.PAGESIZE
-    length = min(info.offset + info.n_bytes, len(mm)) - start
+    begin = info.offset + start
+    end = begin + (info.n_bytes - start if n_bytes is None else n_bytes)
+    start = begin - begin % mmap.PAGESIZE
+    length = min(end, len(mm)) - start
     try:
         mm.madvise(mmap.MADV_DONTNEED, start, length)
     except (OSError, ValueError):
         pass
+
+
+def release_all(gf: GGUFFile) -> None:
+    """Drop every mapped page of the file once a model is built from it: the header is parsed
+    into gf.metadata, weights were copied, and reads of small tensors faulted in ~64 KB of
+    neighbours each (kernel fault-around). Whatever still reads the map (untied embedding
+    rows, zero-copy MoE experts) refaults from the page cache."""
+    mm = getattr(gf, "_mmap", None)
+    if mm is None or not hasattr(mm, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    try:
+        mm.madvise(mmap.MADV_DONTNEED)
+    except (OSError, ValueError):
+        pass
+
+
+_COPY_CHUNK = 8 << 20  # bytes copied out of the map between two page releases
+
+
+def copy_out(gf: GGUFFile, infos: list[TensorInfo]) -> torch.Tensor:
+    """The bytes of `infos`, concatenated, in one owned uint8 tensor.
+
+    Copied a chunk at a time, each chunk's file pages released right after: a tensor never
+    sits in RSS twice (owned copy + mapped pages), so the load peak is the model plus 8 MB.
+    """
+    out = torch.empty(sum(i.n_bytes for i in infos), dtype=torch.uint8)
+    dst = out.numpy()
+    pos = 0
+    for info in infos:
+        src = gf.raw(info)
+        for a in range(0, info.n_bytes, _COPY_CHUNK):
+            b = min(info.n_bytes, a + _COPY_CHUNK)
+            dst[pos + a:pos + b] = src[a:b]
+            release_pages(gf, info, a, b - a)
+        pos += info.n_bytes
+    return out
 
 
 def _packable(info: TensorInfo) -> bool:
@@ -97,14 +138,7 @@ class Linear:
         """
         if len(info.shape) != 2:
             raise ValueError(f"{info.name}: expected a 2-D weight, got shape {info.shape}")
-        if _packable(info):
-            from engine.quant_linear import QuantLinear  # noqa: PLC0415
-
-            lin = QuantLinear.from_gguf(gf, info, bias)
-        else:
-            lin = cls(dequantize(gf, info), dequantize(gf, bias) if bias is not None else None)
-        release_pages(gf, info)
-        return lin
+        return load_stacked(gf, [info], [bias])[0]
 
     @property
     def in_features(self) -> int:
@@ -125,6 +159,50 @@ class Linear:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias)
+
+
+def load_stacked(gf: GGUFFile, infos: list[TensorInfo], biases: list[TensorInfo | None]
+                 ) -> list:
+    """Linears for `infos` ([out_i, in] matrices), as `Linear.from_gguf` would build them.
+
+    Consecutive packable tensors of one ggml type and input size (q/k/v, gate/up) are copied
+    into one buffer and become consecutive views of it, so `engine.layers.FusedLinear`
+    multiplies them in one call without a copy.
+    """
+    for info in infos:
+        if len(info.shape) != 2:
+            raise ValueError(f"{info.name}: expected a 2-D weight, got shape {info.shape}")
+
+    def key(info: TensorInfo) -> tuple | None:
+        return (info.ggml_type, info.shape[1]) if _packable(info) else None
+
+    def bias_of(b: TensorInfo | None) -> torch.Tensor | None:
+        return dequantize(gf, b) if b is not None else None
+
+    out: list = []
+    i = 0
+    while i < len(infos):
+        k = key(infos[i])
+        if k is None:
+            out.append(Linear(dequantize(gf, infos[i]), bias_of(biases[i])))
+            release_pages(gf, infos[i])
+            i += 1
+            continue
+        j = i + 1
+        while j < len(infos) and key(infos[j]) == k:
+            j += 1
+        from engine.quant_linear import QuantLinear  # noqa: PLC0415
+
+        group = infos[i:j]
+        packed = copy_out(gf, group).view(sum(g.shape[0] for g in group), -1)  # [rows, row_bytes]
+        row = 0
+        for info, b in zip(group, biases[i:j]):
+            n = info.shape[0]
+            out.append(QuantLinear(packed[row:row + n], info.ggml_type, info.shape[1], bias_of(b),
+                                   name=info.name))
+            row += n
+        i = j
+    return out
 
 
 class Embedding:

@@ -95,7 +95,8 @@ def test_trace_routing_matches_transformers(name, tiny_model_factory, monkeypatc
     assert [t["id"] for t in doc["tokens"]] == seq  # every prompt and generated token, in order
     with open_gguf(tm.gguf["f32"]) as gf:
         tok = load_tokenizer(gf)
-        assert [t["text"] for t in doc["tokens"]] == [tok.decode([i], skip_special=False) for i in seq]
+        texts = [tok.decode([i], skip_special=False) for i in seq]
+        assert [t["text"] for t in doc["tokens"]] == texts
     k = ref["experts"].shape[-1]
     for t in doc["tokens"]:
         assert len(t["experts"]) == len(t["weights"]) == len(doc["layers"])

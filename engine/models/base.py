@@ -8,6 +8,7 @@ Each architecture lives in `engine/models/<arch>.py` and registers its class wit
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import os
@@ -22,7 +23,7 @@ from engine.gguf.dequant import dequantize
 from engine.gguf.reader import GGUFFile, TensorInfo, open_gguf
 from engine.kv_cache import KVCache
 from engine.layers import RMSNorm, RoPE, YarnParams
-from engine.linear import Embedding, Linear, exact_weights
+from engine.linear import Embedding, Linear, exact_weights, release_all
 from engine.threads import set_threads
 from engine.trace import Recorder
 
@@ -220,6 +221,15 @@ class Model:
             return None
         return Linear.from_gguf(self.gguf, info, self.tensor_info(f"{prefix}.bias", required=False))
 
+    def load_linears(self, prefixes: list[str]) -> list:
+        """Several `{prefix}.weight` (+ bias) projections of one input, e.g. q/k/v or gate/up,
+        loaded into one buffer when their types allow so `FusedLinear` needs no copy."""
+        from engine.linear import load_stacked  # noqa: PLC0415
+
+        infos = [self.tensor_info(f"{p}.weight") for p in prefixes]
+        biases = [self.tensor_info(f"{p}.bias", required=False) for p in prefixes]
+        return load_stacked(self.gguf, infos, biases)
+
     def load_vector(self, name: str, required: bool = True) -> torch.Tensor | None:
         info = self.tensor_info(name, required)
         return None if info is None else dequantize(self.gguf, info)
@@ -285,7 +295,7 @@ def load_model(path_or_gguf: str | os.PathLike | GGUFFile, n_ctx: int | None = N
             f"{gf.path.name}: architecture {arch or '(none)'!r} is not supported "
             f"(supported: {', '.join(supported_architectures())})")
     importlib.import_module(ARCH_MODULES[arch])
-    if exact is None:
-        return _REGISTRY[arch].from_gguf(gf, n_ctx)
-    with exact_weights(exact):
-        return _REGISTRY[arch].from_gguf(gf, n_ctx)
+    with exact_weights(exact) if exact is not None else contextlib.nullcontext():
+        model = _REGISTRY[arch].from_gguf(gf, n_ctx)
+    release_all(gf)  # everything needed is copied out; mapped pages would only add to RSS
+    return model

@@ -27,7 +27,7 @@ import torch
 
 from engine import kernels
 from engine.errors import ContextOverflowError
-from engine.layers import GatedMLP, RoPE, YarnParams
+from engine.layers import FusedLinear, GatedMLP, RoPE, YarnParams
 from engine.linear import release_pages
 from engine.models.base import COMMON_KEYS, Model, TransformerConfig, _as_ids, register
 from engine.moe import GATING_SOFTMAX, MoEFeedForward, RouterConfig, StackedExperts, _torch_view
@@ -144,7 +144,10 @@ class MLACache:
                  dtype: torch.dtype = torch.float32):
         self.n_ctx = n_ctx
         self.kv_lora_rank = kv_lora_rank
-        self.latents = [torch.zeros(n_ctx, kv_lora_rank + qk_rope, dtype=dtype) for _ in range(n_layers)]
+        # empty, not zeros: rows past n_filled are never read, and a long context's pages cost
+        # no RAM until a conversation reaches them (243 MiB at 4096 tokens for V2-Lite)
+        self.latents = [torch.empty(n_ctx, kv_lora_rank + qk_rope, dtype=dtype)
+                        for _ in range(n_layers)]
         self.n_filled = 0
         itemsize = torch.empty(0, dtype=dtype).element_size()
         self.bytes_per_token = n_layers * (kv_lora_rank + qk_rope) * itemsize
@@ -196,13 +199,16 @@ class MLAttention:
         c = m.config
         self.c, self.il = c, i
         p = f"blk.{i}."
+        # q (or q_a with q LoRA) and kv_a both read x: one matmul when they can be stacked
+        q_name = "attn_q_a" if c.q_lora_rank else "attn_q"           # [q_lora | H*qk_head, D]
+        self.wq_kv = FusedLinear(m.load_linears([p + q_name, p + "attn_kv_a_mqa"]))  # kv_a [L+rope, D]
+        wq, self.wkv_a = self.wq_kv.parts
         if c.q_lora_rank:
-            self.wq_a = m.load_linear(p + "attn_q_a")              # [q_lora, D]
+            self.wq_a = wq
             self.q_a_norm = m.load_norm(p + "attn_q_a_norm")
             self.wq_b = m.load_linear(p + "attn_q_b")              # [H*qk_head, q_lora]
         else:
-            self.wq = m.load_linear(p + "attn_q")                  # [H*qk_head, D]
-        self.wkv_a = m.load_linear(p + "attn_kv_a_mqa")            # [kv_lora + rope, D]
+            self.wq = wq
         self.kv_a_norm = m.load_norm(p + "attn_kv_a_norm")
         H, L = c.n_head, c.kv_lora_rank
         # Small per-head maps kept as float32 (V2-Lite: 2 x 16 x 128 x 512 per layer, 8 MB, 2% of
@@ -223,12 +229,14 @@ class MLAttention:
                  recorder: Recorder | None) -> torch.Tensor:
         c = self.c
         T, H, L = x.shape[0], c.n_head, c.kv_lora_rank
-        q = self.wq_b(self.q_a_norm(self.wq_a(x))) if c.q_lora_rank else self.wq(x)
+        q, kv = self.wq_kv(x)                          # [T, q_lora | H*qk_head], [T, L + rope]
+        if c.q_lora_rank:
+            q = self.wq_b(self.q_a_norm(q))                            # [T, H*qk_head]
         q = q.view(T, H, c.qk_head).transpose(0, 1)                    # [H, T, nope+rope]
-        q_nope, q_pe = q[..., :c.qk_nope], rope(q[..., c.qk_nope:], cos, sin)  # [H, T, nope|rope]
-        kv = self.wkv_a(x)                                             # [T, L + rope]
+        q_nope = q[..., :c.qk_nope]                                    # [H, T, nope]
+        q_pe = rope.rotate(q[..., c.qk_nope:], cos, sin)               # [H, T, rope]
         latent = self.kv_a_norm(kv[:, :L])                             # [T, L]
-        k_pe = rope(kv[None, :, L:], cos, sin)[0]                      # [T, rope], one shared head
+        k_pe = rope.rotate(kv[None, :, L:], cos, sin)[0]               # [T, rope], one shared head
         ckv = cache.update(self.il, start_pos, torch.cat((latent, k_pe), dim=-1))  # [S, L + rope]
         S = ckv.shape[0]
         c_all, pe_all = ckv[:, :L], ckv[:, L:]                         # [S, L], [S, rope]
@@ -248,7 +256,7 @@ class MLAttention:
 
 def load_swiglu(m: Model, prefix: str, suffix: str = "") -> GatedMLP:
     """Dense SwiGLU FFN: `ffn_{gate,up,down}{suffix}` (suffix "_shexp" for shared experts)."""
-    return GatedMLP(m.load_linear(f"{prefix}ffn_gate{suffix}"), m.load_linear(f"{prefix}ffn_up{suffix}"),
+    return GatedMLP(*m.load_linears([f"{prefix}ffn_gate{suffix}", f"{prefix}ffn_up{suffix}"]),
                     m.load_linear(f"{prefix}ffn_down{suffix}"), "silu")
 
 
@@ -322,7 +330,7 @@ class DeepseekV2Model(Model):
         T = ids.shape[0]
         if recorder is not None:
             recorder.begin_step(start_pos, T)
-        cos, sin = self.rope.cos_sin(start_pos, T)                     # [T, rope/2]
+        cos, sin = self.rope.tables(start_pos, T)                      # [T, rope] (rope.rotate)
         x = self.embed(ids)                                            # [T, D]
         for block in self.blocks:
             x = block(x, cache, start_pos, self.rope, cos, sin, self.kq_scale, recorder)

@@ -72,7 +72,7 @@ class Attention:
         self.n_head, self.n_kv = c.n_head, c.n_head_kv
         # q [n_head * head_dim, n_embd], k [n_kv * head_dim, n_embd], v [n_kv * head_dim_v, n_embd],
         # stacked where their types allow (one kernel call instead of three)
-        self.wqkv = FusedLinear([m.load_linear(f"blk.{i}.attn_{w}") for w in "qkv"])
+        self.wqkv = FusedLinear(m.load_linears([f"blk.{i}.attn_{w}" for w in "qkv"]))
         self.wq, self.wk, self.wv = self.wqkv.parts
         self.wo = m.load_linear(f"blk.{i}.attn_output")  # [n_embd, n_head * head_dim_v]
         self.q_norm = m.load_norm(f"blk.{i}.attn_q_norm")  # [head_dim]
@@ -102,7 +102,7 @@ class Block:
         self.attn = Attention(m, i)
         self.post_attn_norm = m.load_norm(f"blk.{i}.post_attention_norm")
         self.ffn_norm = m.load_norm(f"blk.{i}.ffn_norm")
-        self.mlp = GatedMLP(m.load_linear(f"blk.{i}.ffn_gate"), m.load_linear(f"blk.{i}.ffn_up"),
+        self.mlp = GatedMLP(*m.load_linears([f"blk.{i}.ffn_gate", f"blk.{i}.ffn_up"]),
                             m.load_linear(f"blk.{i}.ffn_down"), "gelu_tanh")
         self.post_ffn_norm = m.load_norm(f"blk.{i}.post_ffw_norm")
 

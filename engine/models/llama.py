@@ -24,7 +24,7 @@ class Attention:
         self.n_head, self.n_kv, self.head_dim = c.n_head, c.n_head_kv, c.head_dim
         # q [n_head * head_dim, n_embd], k [n_kv * head_dim, n_embd], v [n_kv * head_dim_v, n_embd],
         # stacked where their types allow (one kernel call instead of three)
-        self.wqkv = FusedLinear([m.load_linear(f"blk.{i}.attn_{w}") for w in "qkv"])
+        self.wqkv = FusedLinear(m.load_linears([f"blk.{i}.attn_{w}" for w in "qkv"]))
         self.wq, self.wk, self.wv = self.wqkv.parts
         self.wo = m.load_linear(f"blk.{i}.attn_output")  # [n_embd, n_head * head_dim_v]
         self.q_norm = m.load_norm(f"blk.{i}.attn_q_norm") if m.qk_norm else None  # [head_dim]
@@ -54,7 +54,7 @@ class Block:
         self.attn_norm = m.load_norm(f"blk.{i}.attn_norm")
         self.attn = Attention(m, i)
         self.ffn_norm = m.load_norm(f"blk.{i}.ffn_norm")
-        self.mlp = GatedMLP(m.load_linear(f"blk.{i}.ffn_gate"), m.load_linear(f"blk.{i}.ffn_up"),
+        self.mlp = GatedMLP(*m.load_linears([f"blk.{i}.ffn_gate", f"blk.{i}.ffn_up"]),
                             m.load_linear(f"blk.{i}.ffn_down"), "silu")
 
     def __call__(self, x: torch.Tensor, cache: KVCache, layer: int, start_pos: int, rope: RoPE,

@@ -27,11 +27,12 @@ class OlmoeAttention(Attention):
                  cos: torch.Tensor, sin: torch.Tensor, key_start: int, mask: torch.Tensor | None,
                  recorder: Recorder | None) -> torch.Tensor:
         T = x.shape[0]
-        q = self.q_norm_full(self.wq(x)).view(T, self.n_head, -1)  # [T, Hq, D]
-        k = self.k_norm_full(self.wk(x)).view(T, self.n_kv, -1)    # [T, Hkv, D]
-        v = self.wv(x).view(T, self.n_kv, -1)                      # [T, Hkv, Dv]
-        q = rope(q.transpose(0, 1), cos, sin)                      # [Hq, T, D]
-        k = rope(k.transpose(0, 1), cos, sin)                      # [Hkv, T, D]
+        q, k, v = self.wqkv(x)                             # [T, Hq*D], [T, Hkv*D], [T, Hkv*Dv]
+        q = self.q_norm_full(q).view(T, self.n_head, -1)           # [T, Hq, D]
+        k = self.k_norm_full(k).view(T, self.n_kv, -1)             # [T, Hkv, D]
+        v = v.view(T, self.n_kv, -1)                               # [T, Hkv, Dv]
+        q = rope.rotate(q.transpose(0, 1), cos, sin)               # [Hq, T, D]
+        k = rope.rotate(k.transpose(0, 1), cos, sin)               # [Hkv, T, D]
         keys, values = cache.update(layer, start_pos, k, v.transpose(0, 1))  # [Hkv, S, D]
         out = attention(q, keys[:, key_start:], values[:, key_start:], mask, self.scale,
                         recorder, layer)                           # [Hq, T, Dv]

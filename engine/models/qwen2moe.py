@@ -61,7 +61,7 @@ def load_moe_ffn(m: Model, i: int, norm_weights: bool, shared_gated: bool = Fals
                           scale=getattr(c, "expert_weights_scale", 0.0))
     shared = shared_gate = None
     if m.gguf.has_tensor(p + "ffn_gate_shexp.weight"):
-        shared = GatedMLP(m.load_linear(p + "ffn_gate_shexp"), m.load_linear(p + "ffn_up_shexp"),
+        shared = GatedMLP(*m.load_linears([p + "ffn_gate_shexp", p + "ffn_up_shexp"]),
                           m.load_linear(p + "ffn_down_shexp"), "silu")
         if shared_gated:
             g = m.load_vector(p + "ffn_gate_inp_shexp.weight").reshape(-1, 1)  # [D, 1]
@@ -85,7 +85,7 @@ class MoEBlock:
         self.ffn_norm = m.load_norm(p + "ffn_norm")
         self.moe = load_moe_ffn(m, i, m.norm_topk, m.shared_gated)
         self.mlp = None if self.moe is not None else GatedMLP(
-            m.load_linear(p + "ffn_gate"), m.load_linear(p + "ffn_up"), m.load_linear(p + "ffn_down"))
+            *m.load_linears([p + "ffn_gate", p + "ffn_up"]), m.load_linear(p + "ffn_down"))
 
     def __call__(self, x: torch.Tensor, cache: KVCache, start_pos: int, rope: RoPE,
                  cos: torch.Tensor, sin: torch.Tensor, key_start: int, mask: torch.Tensor | None,
@@ -125,7 +125,7 @@ class MoETransformer(Model):
             recorder.begin_step(start_pos, T)
         full = recorder is not None and recorder.wants("attn_probs")
         key_start, mask = attention_mask(start_pos, T, None, full)
-        cos, sin = self.rope.cos_sin(start_pos, T)                 # [T, n_rot/2]
+        cos, sin = self.rope.tables(start_pos, T)                  # [T, n_rot] (rope.rotate)
         x = self.embed(ids)                                        # [T, D]
         for block in self.blocks:
             x = block(x, cache, start_pos, self.rope, cos, sin, key_start, mask, recorder)

@@ -7,6 +7,12 @@ includes a cold process), interleaved A B A B so that drift of the machine hits 
 Both do the same work: a 32-token prompt (time to first token), a `-p` token prompt in one
 batch, then `-n` greedy decode steps with EOS ignored. Prints one line per metric with the two
 medians and the ratio ours/llama.cpp (for times, llama.cpp/ours, so > 1 always means we win).
+
+llama.cpp configuration: llama-cpp-python 0.3.36 segfaults in llama_decode on quantized files on
+CPUs with AMX/AVX-512 when it repacks weights into its "extra buffer types" (checked on this
+machine with a plain `Llama(model_path, n_threads=2)` on Gemma 3 270M Q4_K_M), so it is built
+with `model_params.use_extra_bufts = False` (weights used as stored, mmap'd, like ours),
+unless --repack is given. The output says which configuration ran.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -25,9 +32,26 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
-def _one_llamacpp(model: str, n_prompt: int, n_gen: int, threads: int) -> dict:
+def _no_repack() -> None:
+    """Make every Llama built in this (child) process skip llama.cpp's weight repacking."""
+    import llama_cpp.llama_cpp as C
+
+    orig = C.llama_model_default_params
+
+    def params():
+        p = orig()
+        p.use_extra_bufts = False
+        return p
+
+    C.llama_model_default_params = params
+
+
+def _one_llamacpp(model: str, n_prompt: int, n_gen: int, threads: int, repack: bool = False) -> dict:
     import llama_cpp
     import numpy as np
+
+    if not repack:
+        _no_repack()
 
     from engine.bench import TTFT_PROMPT_TOKENS, bench_prompt_ids, peak_rss_mb, rss_mb
 
@@ -74,11 +98,20 @@ def _one_ours(model: str, n_prompt: int, n_gen: int, threads: int) -> dict:
 
 def _spawn(engine: str, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, __file__, args.model, "--one", engine, "-p", str(args.n_prompt),
-           "-n", str(args.n_gen), "-t", str(args.threads)]
+           "-n", str(args.n_gen), "-t", str(args.threads)] + (["--repack"] if args.repack else [])
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         sys.exit(f"{engine} run failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _llamacpp_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("llama_cpp_python")
+    except Exception:  # noqa: BLE001  (only a label)
+        return "?"
 
 
 METRICS = (
@@ -100,12 +133,21 @@ def main() -> None:
     parser.add_argument("-t", "--threads", type=int, default=2)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--json", action="store_true", help="also print all runs as JSON")
+    parser.add_argument("--repack", action="store_true",
+                        help="let llama.cpp repack weights (extra buffer types; crashes on AMX CPUs)")
     parser.add_argument("--one", choices=("ours", "llamacpp"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.one:
-        fn = _one_ours if args.one == "ours" else _one_llamacpp
-        print(json.dumps(fn(args.model, args.n_prompt, args.n_gen, args.threads)))
+    if args.one == "ours":
+        print(json.dumps(_one_ours(args.model, args.n_prompt, args.n_gen, args.threads)))
         return
+    if args.one == "llamacpp":
+        print(json.dumps(_one_llamacpp(args.model, args.n_prompt, args.n_gen, args.threads,
+                                       args.repack)))
+        return
+
+    print(f"llama.cpp: llama-cpp-python {_llamacpp_version()}, "
+          f"{'weight repacking ON' if args.repack else 'use_extra_bufts=False (no weight repacking: the default crashes on this CPU)'}; "
+          f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", file=sys.stderr)
 
     runs: dict[str, list[dict]] = {"ours": [], "llamacpp": []}
     for rep in range(args.reps):
@@ -117,9 +159,11 @@ def main() -> None:
                   f"decode {r['gen_tok_s']:6.1f} tok/s  ttft {r['ttft_s'] * 1000:6.0f} ms  "
                   f"load {r['load_s']:5.2f} s  mem {r['model_memory_mb']:6.0f} MiB", file=sys.stderr)
 
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", file=sys.stderr)
     size_mb = Path(args.model).stat().st_size / 2**20
     print(f"{Path(args.model).name}: {size_mb:.0f} MiB, {args.threads} threads, "
-          f"p={args.n_prompt} n={args.n_gen}, median of {args.reps}")
+          f"p={args.n_prompt} n={args.n_gen}, median of {args.reps}; llama.cpp "
+          f"{'with weight repacking' if args.repack else 'with use_extra_bufts=False (no repacking)'}")
     print(f"{'metric':<24} {'ours':>10} {'llama.cpp':>10} {'ratio':>7}")
     for key, label, higher_better in METRICS:
         ours = statistics.median(r[key] for r in runs["ours"])
