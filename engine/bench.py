@@ -92,6 +92,7 @@ def _timed_prefill(model, ids: list[int], n_ctx: int) -> tuple[float, torch.Tens
 def run_bench(path: str | Path, n_prompt: int = 512, n_gen: int = 128, threads: int | None = None,
               reps: int = 3, progress: Callable[[str], None] | None = None) -> BenchResult:
     from engine import kernels
+    from engine.generate import trim_heap
     from engine.models.base import ARCH_MODULES, load_model
     from engine.threads import default_threads
 
@@ -130,5 +131,6 @@ def run_bench(path: str | Path, n_prompt: int = 512, n_gen: int = 128, threads: 
                      f"decode {r.gen_tok_s:.1f} tok/s, TTFT {r.ttft_s * 1000:.0f} ms")
         del model, cache
         gc.collect()
+        trim_heap()  # the next rep's load starts from the memory the first one found
     result.peak_rss_mb = peak_rss_mb()
     return result

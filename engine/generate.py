@@ -67,6 +67,26 @@ class Done:
 Event = Union[PromptDone, Token, Done]
 
 
+def _load_malloc_trim() -> Callable[[], None]:
+    """glibc's malloc_trim(0), or a no-op elsewhere."""
+    try:
+        import ctypes
+
+        fn = ctypes.CDLL("libc.so.6").malloc_trim
+        fn.argtypes = [ctypes.c_size_t]
+        return lambda: fn(0) and None
+    except (OSError, AttributeError):
+        return lambda: None
+
+
+trim_heap = _load_malloc_trim()
+"""Give the heap pages freed by a prompt pass (its activations, MBs) back to the OS.
+
+glibc keeps freed chunks mapped, so they would count in RSS for the rest of the conversation,
+on top of the KV cache that decoding keeps growing (~6 MB of peak RSS on Gemma 3 270M); costs
+well under a millisecond once per prompt."""
+
+
 def prefill(model, ids: Sequence[int], cache: KVCache, start_pos: int = 0,
             trace: Recorder | None = None) -> torch.Tensor:
     """Process prompt ids in PROMPT_CHUNK-token passes, as generate() does; returns the last
@@ -75,6 +95,7 @@ def prefill(model, ids: Sequence[int], cache: KVCache, start_pos: int = 0,
     for start in range(0, len(ids), PROMPT_CHUNK):
         chunk = torch.tensor(list(ids[start:start + PROMPT_CHUNK]), dtype=torch.long)
         logits = model.forward(chunk, cache, start_pos + start, trace, all_logits=False)  # [1, V]
+    trim_heap()
     return logits
 
 
@@ -133,6 +154,7 @@ def generate(model, tokenizer, prompt_ids: Sequence[int], params: SamplingParams
             return
         chunk = torch.tensor(prompt[start:start + PROMPT_CHUNK], dtype=torch.long)
         logits = model.forward(chunk, cache, start, trace, all_logits=False)  # [1, V]
+    trim_heap()
     prompt_s = time.perf_counter() - t_start
     yield PromptDone(len(prompt), prompt_s, len(prompt) / prompt_s if prompt_s > 0 else 0.0)
 

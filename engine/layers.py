@@ -73,34 +73,38 @@ class RoPE:
             theta = theta * freq_scale
         self.theta = theta  # [n_rot/2] float64
 
-    def _table(self, end: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin [>= end, n_rot/2] float32 for positions 0.., computed once and grown by
-        doubling (decode steps then only slice). Rebuilt if `mscale` is changed after init."""
+    def _tables(self, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Full-width cos and signed sin [>= end, n_rot] float32 for positions 0.., computed once
+        and grown in 1.5x steps (decode steps only slice them); rebuilt if `mscale` is changed
+        after init. out = x * c + partner(x) * s, partner(x) being the other element of x's
+        rotation pair: NEOX c = [cos, cos], s = [-sin, sin]; NORM the same, interleaved."""
         cached = getattr(self, "_cache", None)
         if cached is None or cached[0] < end or cached[1] != self.mscale:
-            n = max(end, 2 * cached[0] if cached is not None else 256)
+            n = max(end, cached[0] * 3 // 2 if cached is not None else 0)
+            n = -(-n // 256) * 256
             ang = torch.arange(n, dtype=torch.float64)[:, None] * self.theta[None, :]  # [n, r/2]
             cos = (ang.cos() * self.mscale).to(torch.float32)
             sin = (ang.sin() * self.mscale).to(torch.float32)
-            # Full-width forms for `rotate`: out = x * c + partner(x) * s, partner(x) being the
-            # other element of x's rotation pair (NEOX: other half; NORM: other of a pair).
             if self.neox:
                 c, s = torch.cat((cos, cos), -1), torch.cat((-sin, sin), -1)  # [n, r]
             else:
                 c = torch.stack((cos, cos), -1).flatten(-2)  # [n, r]
                 s = torch.stack((-sin, sin), -1).flatten(-2)
-            self._cache = cached = (n, self.mscale, cos, sin, c, s)
+            self._cache = cached = (n, self.mscale, c, s)
         return cached[2], cached[3]
 
     def cos_sin(self, start_pos: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin [n, n_rot/2] float32 for positions start_pos .. start_pos + n - 1."""
-        cos, sin = self._table(start_pos + n)
-        return cos[start_pos:start_pos + n], sin[start_pos:start_pos + n]
+        c, s = self._tables(start_pos + n)
+        half = self.n_rot // 2
+        c, s = c[start_pos:start_pos + n], s[start_pos:start_pos + n]
+        if self.neox:
+            return c[:, :half], s[:, half:]  # views of [cos, cos], [-sin, sin]
+        return c[:, 0::2], s[:, 1::2]
 
     def tables(self, start_pos: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Full-width cos, signed sin [n, n_rot] for `rotate` (slices of a cached table)."""
-        self._table(start_pos + n)
-        c, s = self._cache[4], self._cache[5]
+        c, s = self._tables(start_pos + n)
         return c[start_pos:start_pos + n], s[start_pos:start_pos + n]
 
     def rotate(self, x: torch.Tensor, c: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
