@@ -63,17 +63,24 @@ class PromptRequest:
 def memory_estimate(path: str | Path, n_ctx: int | None = None) -> tuple[int, int]:
     """(bytes the model would need once loaded, bytes available now), from the GGUF header.
 
-    The engine dequantizes every weight matrix to float32 at load time; the token embedding
-    stays in the file (rows are decoded on demand) unless the output head is tied to it. Add
-    the KV cache preallocated for `n_ctx` positions (the engine's default when None).
+    With the fused kernels the engine keeps weights in their packed GGUF form (about the file's
+    tensor bytes); without them (or in exact mode) it dequantizes matrices to float32, while the
+    token embedding stays in the file unless the output head is tied to it. Add the KV cache
+    preallocated for `n_ctx` positions (the engine's default when None).
     """
+    from engine import kernels
     from engine.gguf.reader import open_gguf
+    from engine.linear import exact_mode
     from engine.models.base import DEFAULT_N_CTX
 
+    packed = not exact_mode() and kernels.available()
     with open_gguf(path) as gf:
-        tied = not gf.has_tensor("output.weight")
-        weights = 4 * sum(t.n_elements for t in gf.tensors
-                          if t.name != "token_embd.weight" or tied)
+        if packed:
+            weights = sum(t.n_bytes for t in gf.tensors)
+        else:
+            tied = not gf.has_tensor("output.weight")
+            weights = 4 * sum(t.n_elements for t in gf.tensors
+                              if t.name != "token_embd.weight" or tied)
         md, arch = gf.metadata, gf.architecture
 
         def key(name: str, default: int) -> int:

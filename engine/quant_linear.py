@@ -44,7 +44,7 @@ __all__ = ["QuantLinear", "supported", "GEMV_MAX_T", "CHUNK_BYTES"]
 GEMV_MAX_T = 16
 # float32 bytes of weight decoded per prefill chunk: big enough for GEMM efficiency, small
 # enough to stay in L2/L3 and not to cost memory (a 262k-row head is never decoded whole).
-CHUNK_BYTES = 4 << 20
+CHUNK_BYTES = 2 << 20
 
 
 _local = threading.local()

@@ -8,6 +8,8 @@ Each architecture lives in `engine/models/<arch>.py` and registers its class wit
 
 from __future__ import annotations
 
+import abc
+
 import contextlib
 import dataclasses
 import importlib
@@ -165,7 +167,7 @@ def supported_architectures() -> tuple[str, ...]:
     return tuple(sorted(ARCH_MODULES))
 
 
-class Model:
+class Model(abc.ABC):
     """A decoder loaded from a GGUF file. Subclasses set Config and implement __init__/forward."""
 
     Config: ClassVar[type[TransformerConfig]] = TransformerConfig
@@ -196,10 +198,10 @@ class Model:
         c = self.config
         return c.n_layer * c.n_head_kv * (c.head_dim + c.head_dim_v) * 4
 
+    @abc.abstractmethod
     def forward(self, ids: torch.Tensor, cache: KVCache, start_pos: int,
                 recorder: Recorder | None = None, *, all_logits: bool = True) -> torch.Tensor:
         """ids [T] -> logits [T, n_vocab] float32 (only the last row when all_logits=False)."""
-        raise NotImplementedError
 
     def __call__(self, *args, **kwargs) -> torch.Tensor:
         return self.forward(*args, **kwargs)
