@@ -12,13 +12,13 @@ English text, and greedy continuations.
 
 from __future__ import annotations
 
-import contextlib
 
 import numpy as np
 import pytest
 import torch
 
 from engine.models.base import load_model
+from tests.fixtures.llama_cpp_ref import no_repack as _no_repack
 from tests.fixtures.tiny_models import max_rel_err, tiny_model_factory  # noqa: F401 (fixture)
 
 DENSE = ("llama", "llama3_rope", "mistral", "qwen2", "qwen3", "gemma3")
@@ -33,24 +33,6 @@ GELU_F32_TOL = 1e-3
 
 # -- llama.cpp reference ------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def _no_repack():
-    """Build llama.cpp models without its "extra buffer types" (weight repacking, AMX): on
-    AMX-capable CPUs the wheel segfaults in llama_decode on quantized files otherwise."""
-    import llama_cpp.llama_cpp as C
-
-    orig = C.llama_model_default_params
-
-    def params():
-        p = orig()
-        p.use_extra_bufts = False
-        return p
-
-    C.llama_model_default_params = params
-    try:
-        yield
-    finally:
-        C.llama_model_default_params = orig
 
 
 def _llama(path, n_ctx: int):

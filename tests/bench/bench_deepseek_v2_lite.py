@@ -24,7 +24,6 @@ at >= 0.7x llama.cpp's tok/s on the same file and thread count.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import shutil
@@ -82,52 +81,11 @@ def run_ours(path: Path, n_prompt: int, n_gen: int, threads: int) -> dict:
 
 
 def one_llamacpp(path: str, n_prompt: int, n_gen: int, threads: int) -> dict:
-    """In a child process: llama.cpp's load, TTFT, prompt and decode on `path`."""
-    import llama_cpp
-    import llama_cpp.llama_cpp as C
-    import numpy as np
+    """In a child process: llama.cpp's load, TTFT, prompt and decode on `path` (no repacking)."""
+    from tests.bench.compare_llamacpp import _one_llamacpp
 
-    from engine.bench import TTFT_PROMPT_TOKENS, bench_prompt_ids, peak_rss_mb, rss_mb
-
-    default_params = C.llama_model_default_params
-
-    def no_extra_bufts():
-        params = default_params()
-        params.use_extra_bufts = False  # AMX repacking segfaults in this wheel
-        return params
-
-    C.llama_model_default_params = no_extra_bufts
-    gc.collect()
-    rss0 = rss_mb()
-    n_ctx = max(n_prompt, TTFT_PROMPT_TOKENS) + n_gen + 8
-    t0 = time.perf_counter()
-    llm = llama_cpp.Llama(model_path=path, n_ctx=n_ctx, n_batch=max(512, n_prompt),
-                          n_ubatch=max(512, n_prompt), n_threads=threads,
-                          n_threads_batch=threads, verbose=False)
-    load_s = time.perf_counter() - t0
-    n_vocab, bos = llm.n_vocab(), llm.token_bos()
-
-    def last_logits():
-        return np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(n_vocab,))
-
-    def prefill(ids):
-        llm.reset()
-        t = time.perf_counter()
-        llm.eval(ids)
-        token = int(np.argmax(last_logits()))
-        return time.perf_counter() - t, token
-
-    ttft_s, _ = prefill(bench_prompt_ids(TTFT_PROMPT_TOKENS, n_vocab, bos))
-    prompt_s, token = prefill(bench_prompt_ids(n_prompt, n_vocab, bos))
-    t0 = time.perf_counter()
-    for _ in range(n_gen):
-        llm.eval([token])
-        token = int(np.argmax(last_logits()))
-    gen_s = time.perf_counter() - t0
-    peak = peak_rss_mb()
-    return {"load_s": load_s, "ttft_s": ttft_s, "prompt_tok_s": n_prompt / prompt_s,
-            "gen_tok_s": n_gen / gen_s, "rss_before_load_mb": rss0, "peak_rss_mb": peak,
-            "model_memory_mb": peak - rss0}
+    r = _one_llamacpp(path, n_prompt, n_gen, threads)
+    return {**r, "model_memory_mb": r["peak_rss_mb"] - r["rss_before_load_mb"]}
 
 
 def run_llamacpp(path: Path, n_prompt: int, n_gen: int, threads: int) -> dict:

@@ -32,36 +32,21 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
-def _no_repack() -> None:
-    """Make every Llama built in this (child) process skip llama.cpp's weight repacking."""
-    import llama_cpp.llama_cpp as C
-
-    orig = C.llama_model_default_params
-
-    def params():
-        p = orig()
-        p.use_extra_bufts = False
-        return p
-
-    C.llama_model_default_params = params
-
-
 def _one_llamacpp(model: str, n_prompt: int, n_gen: int, threads: int, repack: bool = False) -> dict:
     import llama_cpp
     import numpy as np
 
-    if not repack:
-        _no_repack()
-
     from engine.bench import TTFT_PROMPT_TOKENS, bench_prompt_ids, peak_rss_mb, rss_mb
+    from tests.fixtures.llama_cpp_ref import no_repack
 
     gc.collect()
     rss0 = rss_mb()
     n_ctx = max(n_prompt, TTFT_PROMPT_TOKENS) + n_gen + 8
     t0 = time.perf_counter()
-    llm = llama_cpp.Llama(model_path=model, n_ctx=n_ctx, n_batch=max(512, n_prompt),
-                          n_ubatch=max(512, n_prompt), n_threads=threads,
-                          n_threads_batch=threads, verbose=False)
+    with no_repack(enabled=not repack):
+        llm = llama_cpp.Llama(model_path=model, n_ctx=n_ctx, n_batch=max(512, n_prompt),
+                              n_ubatch=max(512, n_prompt), n_threads=threads,
+                              n_threads_batch=threads, verbose=False)
     load_s = time.perf_counter() - t0
     n_vocab = llm.n_vocab()
     bos = llm.token_bos()
