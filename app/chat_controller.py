@@ -128,6 +128,7 @@ class ChatController(QObject):
         p.notice.button.clicked.connect(self.cancel_load)
 
         w.loadStarted.connect(self._on_load_started)
+        w.loadProgress.connect(self._on_load_progress)
         w.modelLoaded.connect(self._on_model_loaded)
         w.loadFailed.connect(self._on_load_failed)
         w.loadCancelled.connect(self._on_load_cancelled)
@@ -172,6 +173,10 @@ class ChatController(QObject):
         if rid == self.load_id:
             self.panel.notice.show_text(f"Loading {Path(path).name}…", progress=True,
                                         button="Cancel", closable=False)
+
+    def _on_load_progress(self, rid: int, percent: int) -> None:
+        if rid == self.load_id:
+            self.panel.notice.set_progress(percent)
 
     def _on_model_loaded(self, rid: int, info: dict) -> None:
         if rid != self.load_id:

@@ -5,7 +5,8 @@ request signals reach the worker's slots as queued calls, so requests run one at
 arrival order and never interleave. The worker answers with signals (also queued back to the
 GUI thread), each carrying the request id and plain data only:
 
-    loadStarted(id, path)    modelLoaded(id, info)     loadFailed(id, message)
+    loadStarted(id, path)    loadProgress(id, percent)  # at most ~20 per second
+    modelLoaded(id, info)    loadFailed(id, message)    loadCancelled(id)
     promptReady(id, text, ids, spans)                   # the exact prompt, before generation
     promptDone(id, {n_tokens, seconds, tok_s})
     tokens(id, [TokenRecord, ...])                      # batched: at most one emit per ~40 ms
@@ -14,9 +15,9 @@ GUI thread), each carrying the request id and plain data only:
     snapshot(id, kind, payload)                         # open-ended: attention / routing later
 
 Cancellation is a thread-safe flag per request that `generate()`'s `should_stop` polls between
-tokens, so Stop takes effect within one token. A model load cannot be interrupted mid-way (the
-engine's `load_model` has no callback); cancelling it makes the worker drop the result and keep
-the previous model, and the GUI returns to normal at once.
+tokens, so Stop takes effect within one token. `load_model` polls the same flag before every
+weight it builds, so cancelling a load stops it within one layer (`LoadCancelled`); the worker
+keeps the previous model, and the GUI returns to normal at once.
 
 Engine modules (and torch) are imported inside the worker methods: importing torch takes
 seconds, and doing it on the worker thread keeps the window responsive while the app starts.
@@ -36,6 +37,7 @@ import psutil
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
 BATCH_SECONDS = 0.04  # token batches reach the GUI at most ~25 times a second
+PROGRESS_SECONDS = 0.05  # load progress reaches the GUI at most ~20 times a second
 
 
 @dataclass(frozen=True)
@@ -177,6 +179,7 @@ class EngineWorker(QObject):
     """Owns the model and tokenizer; every slot runs on the worker thread."""
 
     loadStarted = Signal(int, str)
+    loadProgress = Signal(int, int)  # (request id, percent 0-100)
     modelLoaded = Signal(int, dict)
     loadFailed = Signal(int, str)
     loadCancelled = Signal(int)
@@ -215,7 +218,7 @@ class EngineWorker(QObject):
         """Load `path` ("" = the embedded default model); n_ctx/threads 0 = automatic."""
         try:
             from engine.default_model import resolve_model_path
-            from engine.errors import ModelTooLargeError
+            from engine.errors import LoadCancelled, ModelTooLargeError
             from engine.models.base import load_model
             from engine.tokenizer import load_tokenizer
 
@@ -231,16 +234,37 @@ class EngineWorker(QObject):
                     f"(float32 weights + KV cache), but only {available / 2**30:.1f} GiB "
                     f"of memory is available")
             t0 = time.perf_counter()
-            model = load_model(resolved, n_ctx=n_ctx or None, threads=threads or None)
-            tokenizer = load_tokenizer(model.gguf)
-            if self.is_cancelled(request_id):
+            try:
+                model = load_model(resolved, n_ctx=n_ctx or None, threads=threads or None,
+                                   progress=self._progress_reporter(request_id),
+                                   should_stop=lambda: self.is_cancelled(request_id))
+                tokenizer = load_tokenizer(model.gguf)
+            except LoadCancelled:
                 self.loadCancelled.emit(request_id)  # keep the previous model
+                return
+            if self.is_cancelled(request_id):
+                self.loadCancelled.emit(request_id)
                 return
             self.model, self.tokenizer, self.cache = model, tokenizer, None
             self.info = model_info(model, tokenizer, resolved, time.perf_counter() - t0)
             self.modelLoaded.emit(request_id, dict(self.info))
         except Exception as exc:  # noqa: BLE001 - any failure must reach the window, not kill the thread
             self.loadFailed.emit(request_id, _message(exc))
+        finally:
+            with self._lock:
+                self._cancelled.discard(request_id)
+
+    def _progress_reporter(self, request_id: int):
+        """`load_model`'s progress callback: whole percents, throttled to PROGRESS_SECONDS."""
+        last = {"t": 0.0, "pct": -1}
+
+        def report(fraction: float) -> None:
+            pct, now = int(fraction * 100), time.perf_counter()
+            if pct != last["pct"] and (pct == 100 or now - last["t"] >= PROGRESS_SECONDS):
+                last["t"], last["pct"] = now, pct
+                self.loadProgress.emit(request_id, pct)
+
+        return report
 
     @Slot(int, object)
     def make_preview(self, request_id: int, request: PromptRequest) -> None:
@@ -378,8 +402,8 @@ class EngineHost(QObject):
     def shutdown(self, timeout_ms: int = 60_000) -> None:
         """Cancel everything pending and stop the thread.
 
-        A generation stops within one token; a model load cannot be interrupted, so quitting
-        during one waits for it (up to `timeout_ms`) rather than destroying a running QThread.
+        A generation stops within one token and a model load within one layer; the wait (up to
+        `timeout_ms`) avoids destroying a running QThread.
         """
         for rid in range(1, self._next_id + 1):
             self.worker.cancel(rid)

@@ -35,3 +35,7 @@ class ModelTooLargeError(LLMLensError):
 
 class DefaultModelError(LLMLensError):
     """The embedded default model could not be found or assembled."""
+
+
+class LoadCancelled(LLMLensError):
+    """`load_model` was asked to stop (its `should_stop` returned true) before it finished."""

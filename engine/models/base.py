@@ -4,6 +4,10 @@ registry and `load_model`.
 Hyperparameters come from GGUF metadata through a table of keys (field -> key(s), default)
 into a frozen dataclass per architecture; derived defaults are filled in `__post_init__`.
 Each architecture lives in `engine/models/<arch>.py` and registers its class with `@register`.
+
+Loading reports progress and can be cancelled without any model file knowing: every weight a
+model builds is looked up through `Model.tensor_info`, which `load_model` hooks (through a
+context variable) to count the bytes built so far and to poll `should_stop`.
 """
 
 from __future__ import annotations
@@ -11,16 +15,18 @@ from __future__ import annotations
 import abc
 
 import contextlib
+import contextvars
 import dataclasses
 import importlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from engine.errors import GGUFError, UnsupportedArchitectureError
+from engine.errors import GGUFError, LoadCancelled, UnsupportedArchitectureError
 from engine.gguf.dequant import dequantize
 from engine.gguf.reader import GGUFFile, TensorInfo, open_gguf
 from engine.kv_cache import KVCache
@@ -209,8 +215,13 @@ class Model(abc.ABC):
     # -- loading helpers ----------------------------------------------------------------------
 
     def tensor_info(self, name: str, required: bool = True) -> TensorInfo | None:
+        """Every weight is looked up here right before it is built: the load hooks' one door."""
         if self.gguf.has_tensor(name):
-            return self.gguf.tensor(name)
+            info = self.gguf.tensor(name)
+            hooks = _load_hooks.get()
+            if hooks is not None and hooks.gf is self.gguf:
+                hooks.visit(info)
+            return info
         if required:
             raise GGUFError(f"{self.gguf.path}: tensor {name!r} is missing "
                             f"(required by the {self.config.arch} architecture)")
@@ -231,6 +242,13 @@ class Model(abc.ABC):
         infos = [self.tensor_info(f"{p}.weight") for p in prefixes]
         biases = [self.tensor_info(f"{p}.bias", required=False) for p in prefixes]
         return load_stacked(self.gguf, infos, biases)
+
+    def load_experts(self, name: str):
+        """A stacked `[E, out, in]` expert tensor (zero-copy over the file), see engine/moe.py."""
+        from engine.moe import StackedExperts  # noqa: PLC0415
+
+        info = self.tensor_info(name)
+        return StackedExperts(self.gguf.raw(info), info.ggml_type, info.shape, name)
 
     def load_vector(self, name: str, required: bool = True) -> torch.Tensor | None:
         info = self.tensor_info(name, required)
@@ -282,22 +300,81 @@ def _as_ids(ids: torch.Tensor | list[int]) -> torch.Tensor:
     return ids.reshape(-1).long()
 
 
+class _LoadHooks:
+    """Progress (fraction of the file's tensor bytes built) and cancellation for one load."""
+
+    def __init__(self, gf: GGUFFile, progress: Callable[[float], None] | None,
+                 should_stop: Callable[[], bool] | None):
+        self.gf = gf
+        self.progress, self.should_stop = progress, should_stop
+        self.total = sum(t.n_bytes for t in gf.tensors) or 1
+        self.seen: set[int] = set()  # tensor indices: a tied head is looked up twice
+        self.done = 0
+
+    def visit(self, info: TensorInfo) -> None:
+        if self.should_stop is not None and self.should_stop():
+            raise LoadCancelled("loading cancelled")
+        if info.index in self.seen:
+            return
+        # Models build one weight at a time, so every tensor looked up before this one is built.
+        if self.progress is not None and self.done:
+            self.progress(min(self.done / self.total, 1.0))
+        self.seen.add(info.index)
+        self.done += info.n_bytes
+
+
+_load_hooks: contextvars.ContextVar[_LoadHooks | None] = contextvars.ContextVar(
+    "llmlens_load_hooks", default=None)
+
+
 def load_model(path_or_gguf: str | os.PathLike | GGUFFile, n_ctx: int | None = None,
-               threads: int | None = None, exact: bool | None = None) -> Model:
+               threads: int | None = None, exact: bool | None = None, *,
+               progress: Callable[[float], None] | None = None,
+               should_stop: Callable[[], bool] | None = None) -> Model:
     """Open a GGUF file (or use an open one) and build the model its architecture names.
 
     Quantized weights stay packed (fused kernels) unless `exact=True` (or LLMLENS_EXACT_WEIGHTS=1
     with exact=None), which dequantizes them to float32 for exact-product reference checks.
+
+    `progress(fraction)` is called from this thread as weights are built (increasing, in
+    (0, 1], ending with exactly 1.0); `should_stop()` is polled before every weight (many times
+    per layer) and, once true, the load raises `LoadCancelled`: the partly built model is
+    dropped and a file this call opened is closed.
     """
     set_threads(threads)  # once per load; a no-op when the count is already in force
-    gf = path_or_gguf if isinstance(path_or_gguf, GGUFFile) else open_gguf(path_or_gguf)
-    arch = gf.architecture
-    if arch not in ARCH_MODULES:
-        raise UnsupportedArchitectureError(
-            f"{gf.path.name}: architecture {arch or '(none)'!r} is not supported "
-            f"(supported: {', '.join(supported_architectures())})")
-    importlib.import_module(ARCH_MODULES[arch])
-    with exact_weights(exact) if exact is not None else contextlib.nullcontext():
-        model = _REGISTRY[arch].from_gguf(gf, n_ctx)
+    opened = not isinstance(path_or_gguf, GGUFFile)
+    gf = open_gguf(path_or_gguf) if opened else path_or_gguf
+    cancelled = False
+    try:
+        arch = gf.architecture
+        if arch not in ARCH_MODULES:
+            raise UnsupportedArchitectureError(
+                f"{gf.path.name}: architecture {arch or '(none)'!r} is not supported "
+                f"(supported: {', '.join(supported_architectures())})")
+        importlib.import_module(ARCH_MODULES[arch])
+        token = _load_hooks.set(_LoadHooks(gf, progress, should_stop)
+                                if progress is not None or should_stop is not None else None)
+        try:
+            with exact_weights(exact) if exact is not None else contextlib.nullcontext():
+                model = _REGISTRY[arch].from_gguf(gf, n_ctx)
+        finally:
+            _load_hooks.reset(token)
+    except LoadCancelled:
+        cancelled = True  # raised again below, outside this block: see there
+    except BaseException:
+        if opened:
+            gf.close()
+        raise
+    if cancelled:
+        # A fresh exception, outside the except block: the caught one's traceback holds the
+        # frames of the half-built model, which would keep its weights alive as long as the
+        # caller keeps the exception.
+        if opened:
+            gf.close()
+        else:
+            release_all(gf)
+        raise LoadCancelled("loading cancelled")
     release_all(gf)  # everything needed is copied out; mapped pages would only add to RSS
+    if progress is not None:
+        progress(1.0)
     return model

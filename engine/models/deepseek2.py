@@ -30,7 +30,7 @@ from engine.errors import ContextOverflowError
 from engine.layers import FusedLinear, GatedMLP, RoPE, YarnParams
 from engine.linear import release_pages
 from engine.models.base import COMMON_KEYS, Model, TransformerConfig, _as_ids, register
-from engine.moe import GATING_SOFTMAX, MoEFeedForward, RouterConfig, StackedExperts, _torch_view
+from engine.moe import GATING_SOFTMAX, MoEFeedForward, RouterConfig, _torch_view
 from engine.trace import Recorder
 
 ARCH = "deepseek2"
@@ -279,9 +279,9 @@ class Block:
         self.moe = MoEFeedForward(
             router,
             gate_inp=m.load_linear(p + "ffn_gate_inp"),                # [E, D]
-            gate=StackedExperts.from_gguf(m.gguf, p + "ffn_gate_exps.weight"),  # [E, F, D]
-            up=StackedExperts.from_gguf(m.gguf, p + "ffn_up_exps.weight"),      # [E, F, D]
-            down=StackedExperts.from_gguf(m.gguf, p + "ffn_down_exps.weight"),  # [E, D, F]
+            gate=m.load_experts(p + "ffn_gate_exps.weight"),  # [E, F, D]
+            up=m.load_experts(p + "ffn_up_exps.weight"),      # [E, F, D]
+            down=m.load_experts(p + "ffn_down_exps.weight"),  # [E, D, F]
             probs_bias=m.load_vector(p + "exp_probs_b.bias", required=False),  # [E] sigmoid routers
             shared=load_swiglu(m, p, "_shexp") if c.n_expert_shared else None,
         )

@@ -25,7 +25,7 @@ from engine.kv_cache import KVCache
 from engine.layers import GatedMLP, RoPE, attention_mask
 from engine.models.base import COMMON_KEYS, Model, TransformerConfig, _as_ids, register
 from engine.models.llama import Attention
-from engine.moe import MoEFeedForward, RouterConfig, StackedExperts
+from engine.moe import MoEFeedForward, RouterConfig
 from engine.trace import Recorder
 
 
@@ -69,9 +69,9 @@ def load_moe_ffn(m: Model, i: int, norm_weights: bool, shared_gated: bool = Fals
     return MoEFeedForward(
         router,
         gate_inp=m.load_linear(p + "ffn_gate_inp"),                           # [E, D]
-        gate=StackedExperts.from_gguf(m.gguf, p + "ffn_gate_exps.weight"),     # [E, F, D]
-        up=StackedExperts.from_gguf(m.gguf, p + "ffn_up_exps.weight"),         # [E, F, D]
-        down=StackedExperts.from_gguf(m.gguf, p + "ffn_down_exps.weight"),     # [E, D, F]
+        gate=m.load_experts(p + "ffn_gate_exps.weight"),     # [E, F, D]
+        up=m.load_experts(p + "ffn_up_exps.weight"),         # [E, F, D]
+        down=m.load_experts(p + "ffn_down_exps.weight"),     # [E, D, F]
         shared=shared, shared_gate=shared_gate,
     )
 

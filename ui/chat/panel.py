@@ -35,9 +35,9 @@ class _Strip(QWidget):
         self.label.setWordWrap(True)
         self.label.setTextInteractionFlags(Qt.TextSelectableByMouse)
         self.progress = QProgressBar(self)
-        self.progress.setRange(0, 0)  # indeterminate: load_model reports no progress
+        self.progress.setRange(0, 100)  # percent: model loading reports how far it got
         self.progress.setMaximumWidth(140)
-        self.progress.setTextVisible(False)
+        self.progress.setFormat("%p%")
         self.button = QPushButton(self)
         self.close_button = QToolButton(self)
         self.close_button.setText("✕")
@@ -58,11 +58,16 @@ class _Strip(QWidget):
     def show_text(self, text: str, progress: bool = False, button: str = "",
                   closable: bool = True) -> None:
         self.label.setText(text)
+        if progress:
+            self.progress.setValue(0)  # a new task starts from the beginning
         self.progress.setVisible(progress)
         self.button.setVisible(bool(button))
         self.button.setText(button)
         self.close_button.setVisible(closable)
         self.show()
+
+    def set_progress(self, percent: int) -> None:
+        self.progress.setValue(max(0, min(100, int(percent))))
 
     def restyle(self) -> None:
         pal = QGuiApplication.palette()  # not self.palette(): our own style sheets alter that
