@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from engine.kv_cache import KVCache
-from engine.layers import FusedLinear, GatedMLP, RoPE, attention, attention_mask
+from engine.layers import GatedMLP, RoPE, attention_mask
+from engine.models import llama
 from engine.models.base import COMMON_KEYS, Model, TransformerConfig, _as_ids, register
 from engine.trace import Recorder
 
@@ -66,33 +67,12 @@ class _Config(ModelArgs):
         return super().from_gguf(gf, **overrides)
 
 
-class Attention:
-    def __init__(self, m: "Gemma3Model", i: int):
-        c = m.config
-        self.n_head, self.n_kv = c.n_head, c.n_head_kv
-        # q [n_head * head_dim, n_embd], k [n_kv * head_dim, n_embd], v [n_kv * head_dim_v, n_embd],
-        # stacked where their types allow (one kernel call instead of three)
-        self.wqkv = FusedLinear(m.load_linears([f"blk.{i}.attn_{w}" for w in "qkv"]))
-        self.wq, self.wk, self.wv = self.wqkv.parts
-        self.wo = m.load_linear(f"blk.{i}.attn_output")  # [n_embd, n_head * head_dim_v]
-        self.q_norm = m.load_norm(f"blk.{i}.attn_q_norm")  # [head_dim]
-        self.k_norm = m.load_norm(f"blk.{i}.attn_k_norm")
-        self.scale = c.attn_scale
+class Attention(llama.Attention):
+    """Llama's attention with q/k norms always on and Gemma's own score scale."""
 
-    def __call__(self, x: torch.Tensor, cache: KVCache, layer: int, start_pos: int, rope: RoPE,
-                 cos: torch.Tensor, sin: torch.Tensor, key_start: int, mask: torch.Tensor | None,
-                 recorder: Recorder | None) -> torch.Tensor:
-        T = x.shape[0]
-        q, k, v = self.wqkv(x)  # [T, Hq*D], [T, Hkv*D], [T, Hkv*Dv]
-        q = self.q_norm(q.view(T, self.n_head, -1))  # [T, Hq, D]
-        k = self.k_norm(k.view(T, self.n_kv, -1))  # [T, Hkv, D]
-        v = v.view(T, self.n_kv, -1)  # [T, Hkv, Dv]
-        q = rope.rotate(q.transpose(0, 1), cos, sin)  # [Hq, T, D]
-        k = rope.rotate(k.transpose(0, 1), cos, sin)  # [Hkv, T, D]
-        keys, values = cache.update(layer, start_pos, k, v.transpose(0, 1))  # [Hkv, S, D]
-        out = attention(q, keys[:, key_start:], values[:, key_start:], mask, self.scale,
-                        recorder, layer)  # [Hq, T, Dv]
-        return self.wo(out.transpose(0, 1).reshape(T, -1))  # [T, n_embd]
+    def __init__(self, m: "Gemma3Model", i: int):
+        super().__init__(m, i)
+        self.scale = m.config.attn_scale
 
 
 class Block:
@@ -118,6 +98,7 @@ class Block:
 @register("gemma3")
 class Gemma3Model(Model):
     Config = _Config
+    qk_norm = True  # read by llama.Attention: blk.N.attn_q_norm / attn_k_norm, [head_dim]
 
     def __init__(self, gf, config: ModelArgs, n_ctx: int | None = None):
         super().__init__(gf, config, n_ctx)

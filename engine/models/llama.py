@@ -31,9 +31,8 @@ class Attention:
         self.k_norm = m.load_norm(f"blk.{i}.attn_k_norm") if m.qk_norm else None
         self.scale = c.head_dim ** -0.5
 
-    def __call__(self, x: torch.Tensor, cache: KVCache, layer: int, start_pos: int, rope: RoPE,
-                 cos: torch.Tensor, sin: torch.Tensor, key_start: int, mask: torch.Tensor | None,
-                 recorder: Recorder | None) -> torch.Tensor:
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [T, n_embd] -> q [T, Hq, D], k [T, Hkv, D], v [T, Hkv, Dv], normed where the arch says."""
         T = x.shape[0]
         q, k, v = self.wqkv(x)  # [T, Hq*D], [T, Hkv*D], [T, Hkv*Dv]
         q = q.view(T, self.n_head, -1)  # [T, Hq, D]
@@ -41,6 +40,13 @@ class Attention:
         v = v.view(T, self.n_kv, -1)  # [T, Hkv, Dv]
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
+        return q, k, v
+
+    def __call__(self, x: torch.Tensor, cache: KVCache, layer: int, start_pos: int, rope: RoPE,
+                 cos: torch.Tensor, sin: torch.Tensor, key_start: int, mask: torch.Tensor | None,
+                 recorder: Recorder | None) -> torch.Tensor:
+        T = x.shape[0]
+        q, k, v = self.project(x)
         q = rope.rotate(q.transpose(0, 1), cos, sin)  # [Hq, T, D]
         k = rope.rotate(k.transpose(0, 1), cos, sin)  # [Hkv, T, D]
         keys, values = cache.update(layer, start_pos, k, v.transpose(0, 1))  # [Hkv, S, D]
