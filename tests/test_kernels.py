@@ -258,7 +258,7 @@ def test_quant_linear_experts_share_one_buffer(tiny_file, mode):
 def test_kernels_disabled_by_env(monkeypatch):
     monkeypatch.setattr(kernels, "_loaded", False)
     monkeypatch.setattr(kernels, "_module", None)
-    monkeypatch.setattr(kernels, "_reason", None)
+    monkeypatch.setattr(kernels, "_status", kernels.KernelStatus("not-loaded", ""))
     monkeypatch.setenv("LLMLENS_NO_KERNELS", "1")
     assert kernels.load() is None
     assert "LLMLENS_NO_KERNELS" in kernels.disabled_reason()
@@ -267,10 +267,14 @@ def test_kernels_disabled_by_env(monkeypatch):
 def test_failed_build_falls_back(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(kernels, "_loaded", False)
     monkeypatch.setattr(kernels, "_module", None)
-    monkeypatch.setattr(kernels, "_reason", None)
+    monkeypatch.setattr(kernels, "_status", kernels.KernelStatus("not-loaded", ""))
     monkeypatch.delenv("LLMLENS_NO_KERNELS", raising=False)
     monkeypatch.setattr(kernels, "_cpu_problem", lambda: None)
-    monkeypatch.setattr(kernels, "_build_dir", lambda: tmp_path)  # nothing cached there
+    # Skip the library built at install time; build into an empty dir.
+    monkeypatch.setattr(kernels, "_installed_checked", False)
+    monkeypatch.setattr(kernels, "_installed", (None, ""))  # restored afterwards
+    monkeypatch.setenv("LLMLENS_KERNELS_RUNTIME_BUILD", "1")
+    monkeypatch.setenv("LLMLENS_KERNEL_BUILD_DIR", str(tmp_path))  # nothing cached there
     monkeypatch.setenv("CXX", "/bin/false")  # a compiler that always fails
     assert kernels.load() is None
     assert kernels.disabled_reason().startswith("build failed")

@@ -2,7 +2,7 @@
 //
 // y[t, r] = sum_i W[r, i] * x[t, i] for a weight W kept in ggml's block layout, as llama.cpp's
 // ggml-cpu does it: each activation row is first quantized to 8 bits per block (Q8_0-like
-// blocks of 32 for the legacy types, Q8_K blocks of 256 for the k-quants), then every weight
+// blocks of 32 for the legacy types and MXFP4, Q8_K blocks of 256 for the k-quants), then every weight
 // block is unpacked to bytes in registers and multiplied with integer dot products
 // (_mm256_maddubs_epi16 / _mm256_madd_epi16); only the block scales are floats. Float weight
 // types (F32, F16, BF16) are multiplied in f32 with FMA, without activation quantization.
@@ -21,6 +21,7 @@
 // loader only loads this library on CPUs that have those (see engine/kernels/__init__.py).
 
 #include <torch/extension.h>
+#include <torch/version.h>
 #include <immintrin.h>
 #include <omp.h>
 
@@ -38,7 +39,7 @@ constexpr int QK_K = 256;  // values per k-quant super-block
 // ggml type ids (gguf.GGMLQuantizationType)
 enum : int64_t {
   T_F32 = 0, T_F16 = 1, T_Q4_0 = 2, T_Q4_1 = 3, T_Q5_0 = 6, T_Q5_1 = 7, T_Q8_0 = 8,
-  T_Q2_K = 10, T_Q3_K = 11, T_Q4_K = 12, T_Q5_K = 13, T_Q6_K = 14, T_BF16 = 30,
+  T_Q2_K = 10, T_Q3_K = 11, T_Q4_K = 12, T_Q5_K = 13, T_Q6_K = 14, T_BF16 = 30, T_MXFP4 = 39,
 };
 
 // -- block layouts (ggml-common.h) ---------------------------------------------------------
@@ -53,12 +54,14 @@ struct block_q3_K { uint8_t hmask[32]; uint8_t qs[64]; uint8_t scales[12]; uint1
 struct block_q4_K { uint16_t d, dmin; uint8_t scales[12]; uint8_t qs[128]; };
 struct block_q5_K { uint16_t d, dmin; uint8_t scales[12]; uint8_t qh[32]; uint8_t qs[128]; };
 struct block_q6_K { uint8_t ql[128]; uint8_t qh[64]; int8_t scales[16]; uint16_t d; };
+struct block_mxfp4 { uint8_t e; uint8_t qs[16]; };  // E8M0 exponent, 32 E2M1 codes
 #pragma pack(pop)
 static_assert(sizeof(block_q4_0) == 18 && sizeof(block_q4_1) == 20, "layout");
 static_assert(sizeof(block_q5_0) == 22 && sizeof(block_q5_1) == 24, "layout");
 static_assert(sizeof(block_q8_0) == 34 && sizeof(block_q2_K) == 84, "layout");
 static_assert(sizeof(block_q3_K) == 110 && sizeof(block_q4_K) == 144, "layout");
 static_assert(sizeof(block_q5_K) == 176 && sizeof(block_q6_K) == 210, "layout");
+static_assert(sizeof(block_mxfp4) == 17, "layout");
 
 // Quantized activations (ours, not a file format).
 struct act_q8_0 { float d; float s; int8_t qs[QK]; };                 // s = d * sum(qs)
@@ -78,7 +81,7 @@ const TypeInfo kTypes[] = {
     {T_Q4_0, QK, 18, ACT_Q8_0},      {T_Q4_1, QK, 20, ACT_Q8_0},      {T_Q5_0, QK, 22, ACT_Q8_0},
     {T_Q5_1, QK, 24, ACT_Q8_0},      {T_Q8_0, QK, 34, ACT_Q8_0},      {T_Q2_K, QK_K, 84, ACT_Q8_K},
     {T_Q3_K, QK_K, 110, ACT_Q8_K},   {T_Q4_K, QK_K, 144, ACT_Q8_K},   {T_Q5_K, QK_K, 176, ACT_Q8_K},
-    {T_Q6_K, QK_K, 210, ACT_Q8_K},
+    {T_Q6_K, QK_K, 210, ACT_Q8_K},   {T_MXFP4, QK, 17, ACT_Q8_0},
 };
 
 const TypeInfo& type_info(int64_t type) {
@@ -88,6 +91,15 @@ const TypeInfo& type_info(int64_t type) {
 }
 
 inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
+// MXFP4: E2M1 values doubled (ggml's kvalues_mxfp4), and the E8M0 scale halved to match:
+// 2^(e - 128) as float32 bits, subnormal for e < 2 (ggml_e8m0_to_fp32_half)
+alignas(16) const int8_t kvalues_mxfp4[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+inline float e8m0_half(uint8_t e) {
+  const uint32_t bits = e < 2 ? 0x00200000u << e : (uint32_t)(e - 1) << 23;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
 inline float bf2f(uint16_t h) {
   uint32_t u = uint32_t(h) << 16;
   float f;
@@ -252,6 +264,17 @@ void deq_row(int64_t type, const uint8_t* __restrict src, float* __restrict y, i
       return;
     }
     case T_Q6_K: deq_q6_k_avx2(src, y, n); return;
+    case T_MXFP4: {
+      const block_mxfp4* b = (const block_mxfp4*)src;
+      for (int64_t i = 0; i < n / QK; ++i, y += QK) {
+        const float d = e8m0_half(b[i].e);
+        for (int j = 0; j < QK / 2; ++j) {
+          y[j] = d * (float)kvalues_mxfp4[b[i].qs[j] & 0xF];
+          y[j + QK / 2] = d * (float)kvalues_mxfp4[b[i].qs[j] >> 4];
+        }
+      }
+      return;
+    }
   }
   TORCH_CHECK(false, "qgemv: no dequantizer for ggml type ", type);
 }
@@ -562,6 +585,28 @@ void dot_q8_0(DOT_ARGS) {
   for (int t = 0; t < T; ++t) y[t * ys] = hsum_float_8(acc[t]);
 }
 
+// MXFP4 weights: the 4-bit codes become their signed values through a byte shuffle, then
+// as Q8_0: |w| . sign(q, w), scaled by the block's E8M0 scale times the activation's.
+template <int FT>
+void dot_mxfp4(DOT_ARGS) {
+  const int T = FT ? FT : T_;
+  const block_mxfp4* b = (const block_mxfp4*)w;
+  const __m256i lut = _mm256_broadcastsi128_si256(_mm_load_si128((const __m128i*)kvalues_mxfp4));
+  __m256 acc[kMaxT];
+  for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
+  for (int64_t i = 0; i < n / QK; ++i) {
+    const float dw = e8m0_half(b[i].e);
+    const __m256i x = _mm256_shuffle_epi8(lut, bytes_from_nibbles_32(b[i].qs));
+    const __m256i ax = _mm256_sign_epi8(x, x);
+    for (int t = 0; t < T; ++t) {
+      const act_q8_0& a = act0(A, as, t)[i];
+      const __m256i q = _mm256_loadu_si256((const __m256i*)a.qs);
+      acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * a.d), _mm256_cvtepi32_ps(dot_us8(ax, _mm256_sign_epi8(q, x))), acc[t]);
+    }
+  }
+  for (int t = 0; t < T; ++t) y[t * ys] = hsum_float_8(acc[t]);
+}
+
 // K-quants against Q8_K. Each 32-value group: unsigned codes u (<= 63) times the int16 scales
 // of its two 16-value halves; offsets and mins go through the activation's per-16 sums.
 
@@ -778,6 +823,7 @@ DotSet dot_for(int64_t type) {
     case T_Q4_K: return DOT_PAIR(dot_q4_k);
     case T_Q5_K: return DOT_PAIR(dot_q5_k);
     case T_Q6_K: return DOT_PAIR(dot_q6_k);
+    case T_MXFP4: return DOT_PAIR(dot_mxfp4);
   }
   TORCH_CHECK(false, "qgemv: unsupported ggml type ", type);
 }
@@ -941,4 +987,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("quantize_activations", &quantize_activations, "activation rounding of the kernels (tests)",
         py::arg("x"), py::arg("type"));
   m.def("supported_types", &supported_types);
+  // What the library was compiled against: the loader refuses a library built for another torch
+  // (an upgraded venv) instead of risking a crash on a changed C++ ABI.
+  m.attr("torch_version") = std::to_string(TORCH_VERSION_MAJOR) + "." +
+                            std::to_string(TORCH_VERSION_MINOR) + "." +
+                            std::to_string(TORCH_VERSION_PATCH);
+#ifdef _GLIBCXX_USE_CXX11_ABI
+  m.attr("cxx11_abi") = static_cast<bool>(_GLIBCXX_USE_CXX11_ABI);
+#endif
+#ifdef LLMLENS_SOURCE_HASH
+#define LLMLENS_STR2(x) #x
+#define LLMLENS_STR(x) LLMLENS_STR2(x)
+  m.attr("source_hash") = LLMLENS_STR(LLMLENS_SOURCE_HASH);
+#endif
 }
