@@ -3,7 +3,10 @@
 - `route(...)`: the router. Turns router logits into `(indices, weights, probs)` the way
   llama.cpp's `build_moe_ffn` does (softmax or sigmoid scores, optional selection bias and
   group limiting, optional renormalisation and scale). `indices`/`weights` are exactly what
-  the routing trace and the UI's routing panel show.
+  the routing trace and the UI's routing panel show; `record_routing` hands them to a
+  recorder, with the bias-corrected ranking scores ("moe_select_scores") and the kept expert
+  groups ("moe_groups_kept") where the router has them, so a trace shows why an expert with
+  a lower score was chosen.
 - `StackedExperts`: one 3-D GGUF tensor `ffn_{gate,up,down}_exps` `[E, out, in]`, kept in its
   file encoding (a zero-copy view over the memory map). One expert's matrix is a contiguous
   byte range, so a 16B MoE at Q4_K_M never has more than a few expert matrices decoded at
@@ -11,6 +14,8 @@
   the performance engine provides it.
 - `MoEFeedForward`: router + routed SwiGLU experts (+ optional shared expert, optionally gated),
   with prefill grouped by expert so each selected expert runs once over all its tokens.
+  `load_moe_ffn(model, layer, router)` assembles one from a layer's tensors, for every
+  MoE architecture.
 - `routing_trace_json(...)`: the `--trace-routing FILE.json` document.
 """
 
@@ -51,15 +56,25 @@ class RouterConfig:
     n_groups: int = 0                 # expert_group_count (DeepSeek group-limited routing)
     n_groups_used: int = 0            # expert_group_used_count
 
+    @property
+    def gating_name(self) -> str:
+        return "sigmoid" if self.gating == GATING_SIGMOID else "softmax"
 
-def route(logits: torch.Tensor, cfg: RouterConfig,
-          bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+
+def route(logits: torch.Tensor, cfg: RouterConfig, bias: torch.Tensor | None = None,
+          detail: dict[str, torch.Tensor] | None = None
+          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pick k experts per token.
 
     logits: [T, E] router logits. bias: [E] selection bias (DeepSeek-V3 `exp_probs_b`): it only
     changes which experts win, never their weights. Returns indices [T, k] (int64, best first),
     weights [T, k] (f32, what multiplies each expert's output) and probs [T, E] (the full
     softmax/sigmoid score vector, before bias).
+
+    detail: a dict to fill with how the ranking was made (tensors computed anyway, so this
+    costs nothing): "select" [T, E], probs + bias, the scores experts are ranked by (before
+    the group mask), when there is a bias; "groups_kept" [T, n_groups_used] int64, the groups
+    the experts were picked from (best group first), when routing is group-limited.
     """
     logits = logits.float()
     if cfg.gating == GATING_SIGMOID:
@@ -67,12 +82,16 @@ def route(logits: torch.Tensor, cfg: RouterConfig,
     else:
         probs = torch.softmax(logits, dim=-1)               # [T, E]
     select = probs if bias is None else probs + bias.float()  # [T, E]
+    if detail is not None and bias is not None:
+        detail["select"] = select
     if cfg.n_groups > 1:
         # llama.cpp: a group scores the sum of its two best experts; keep the best groups.
         T = select.shape[0]
         groups = select.view(T, cfg.n_groups, -1)           # [T, G, E/G]
         group_scores = groups.topk(2, dim=-1).values.sum(-1)  # [T, G]
         keep = group_scores.topk(cfg.n_groups_used, dim=-1).indices  # [T, Gu]
+        if detail is not None:
+            detail["groups_kept"] = keep
         mask = torch.ones_like(group_scores, dtype=torch.bool).scatter_(1, keep, False)
         select = groups.masked_fill(mask[..., None], float("-inf")).view(T, -1)
     indices = select.topk(cfg.n_used, dim=-1).indices       # [T, k], best first
@@ -82,6 +101,22 @@ def route(logits: torch.Tensor, cfg: RouterConfig,
     if cfg.scale not in (0.0, 1.0):
         weights = weights * cfg.scale
     return indices, weights, probs
+
+
+def record_routing(recorder: Any, layer: int, indices: torch.Tensor, weights: torch.Tensor,
+                   probs: torch.Tensor, detail: dict[str, torch.Tensor] | None = None) -> None:
+    """Hand one MoE layer's routing to a recorder: "moe_topk_ids" [T, k], "moe_topk_weights"
+    [T, k], "moe_probs" [T, E] always; from `route`'s detail, "moe_select_scores" [T, E] (the
+    bias-corrected ranking scores, only for routers with a selection bias) and
+    "moe_groups_kept" int32 [T, n_groups_used] (only for group-limited routing)."""
+    recorder.record("moe_topk_ids", layer, indices)
+    recorder.record("moe_topk_weights", layer, weights)
+    recorder.record("moe_probs", layer, probs)
+    if detail:
+        if "select" in detail:
+            recorder.record("moe_select_scores", layer, detail["select"])
+        if "groups_kept" in detail:
+            recorder.record("moe_groups_kept", layer, detail["groups_kept"].to(torch.int32))
 
 
 # ----------------------------------------------------------------------------- expert weights
@@ -143,11 +178,6 @@ class StackedExperts:
             self._packed = _torch_view(raw).view(self.n_expert, self.n_out, -1)
             self._qlin_cls = _quant_linear_class()
 
-    @classmethod
-    def from_gguf(cls, gf: Any, name: str) -> "StackedExperts":
-        info = gf.tensor(name)
-        return cls(gf.raw(info), info.ggml_type, info.shape, name)
-
     def expert_raw(self, e: int) -> np.ndarray:
         """Bytes of expert e's `[out, in]` matrix (a view)."""
         return self._raw[e * self.expert_bytes:(e + 1) * self.expert_bytes]
@@ -201,11 +231,10 @@ class MoEFeedForward:
     def __call__(self, x: torch.Tensor, layer: int = -1, recorder: Any = None) -> torch.Tensor:
         # x: [T, D]
         logits = self.gate_inp(x)                                   # [T, E]
-        idx, w, probs = route(logits, self.cfg, self.probs_bias)    # [T, k], [T, k], [T, E]
+        detail = {} if recorder is not None else None
+        idx, w, probs = route(logits, self.cfg, self.probs_bias, detail)  # [T, k], [T, k], [T, E]
         if recorder is not None:
-            recorder.record("moe_topk_ids", layer, idx)
-            recorder.record("moe_topk_weights", layer, w)
-            recorder.record("moe_probs", layer, probs)
+            record_routing(recorder, layer, idx, w, probs, detail)
         out = self.experts(x, idx, w)                               # [T, D]
         if self.shared is not None:
             sh = self.shared(x)                                     # [T, D]
@@ -240,6 +269,42 @@ class MoEFeedForward:
         # x: [n, D] -> [n, D]
         h = F.silu(self.gate.matmul(e, x)) * self.up.matmul(e, x)  # [n, F]
         return self.down.matmul(e, h)
+
+
+def load_experts(m: Any, name: str) -> StackedExperts:
+    """A stacked `[E, out, in]` expert tensor of model m's file (zero-copy over the map)."""
+    info = m.tensor_info(name)
+    return StackedExperts(m.gguf.raw(info), info.ggml_type, info.shape, name)
+
+
+def load_moe_ffn(m: Any, layer: int, router: RouterConfig, shared_gated: bool = False
+                 ) -> MoEFeedForward | None:
+    """`blk.{layer}`'s routed-expert FFN for model m (an `engine.models.base.Model`), or None
+    when the layer has no router (a dense layer, e.g. DeepSeek's leading ones).
+
+    Stacked experts stay in their GGUF encoding. The shared experts (`ffn_*_shexp`, one gated
+    MLP however many experts it merges), when the file has them, always run; scaled by
+    sigmoid(x . ffn_gate_inp_shexp) if `shared_gated` (Qwen2-MoE). `exp_probs_b.bias`, when
+    present, is the selection bias of sigmoid routers (DeepSeek-V3 style).
+    """
+    p = f"blk.{layer}."
+    if not m.gguf.has_tensor(p + "ffn_gate_inp.weight"):
+        return None
+    shared = shared_gate = None
+    if m.gguf.has_tensor(p + "ffn_gate_shexp.weight"):
+        shared = m.load_gated_mlp(layer, "_shexp")
+        if shared_gated:
+            g = m.load_vector(p + "ffn_gate_inp_shexp.weight").reshape(-1, 1)  # [D, 1]
+            shared_gate = lambda x: x @ g  # noqa: E731  [T, D] -> [T, 1]
+    return MoEFeedForward(
+        router,
+        gate_inp=m.load_linear(p + "ffn_gate_inp"),                           # [E, D]
+        gate=load_experts(m, p + "ffn_gate_exps.weight"),                    # [E, F, D]
+        up=load_experts(m, p + "ffn_up_exps.weight"),                        # [E, F, D]
+        down=load_experts(m, p + "ffn_down_exps.weight"),                    # [E, D, F]
+        probs_bias=m.load_vector(p + "exp_probs_b.bias", required=False),    # [E] or None
+        shared=shared, shared_gate=shared_gate,
+    )
 
 
 # ----------------------------------------------------------------------------- routing trace

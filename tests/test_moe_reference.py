@@ -45,9 +45,9 @@ def model_class(name: str):
     if name == "olmoe":
         from engine.models.olmoe import OlmoeModel
         return OlmoeModel
-    from engine.models import qwen2moe
-    return {"qwen2moe": qwen2moe.Qwen2MoeModel, "qwen3moe": qwen2moe.Qwen3MoeModel,
-            "mixtral": qwen2moe.MixtralModel}[name]
+    from engine.models import mixtral, qwen2moe, qwen3moe
+    return {"qwen2moe": qwen2moe.Qwen2MoeModel, "qwen3moe": qwen3moe.Qwen3MoeModel,
+            "mixtral": mixtral.MixtralModel}[name]
 
 
 def load(name: str, path, n_ctx: int = 128):

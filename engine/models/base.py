@@ -1,9 +1,18 @@
-"""What every model shares: the hyperparameter key table, the `Model` base class, the arch
-registry and `load_model`.
+"""What every model shares: the hyperparameter key table, the `Model` base class with the one
+forward pass, the per-call `ForwardStep`, the arch registry, `load_model` and `estimate_memory`.
 
 Hyperparameters come from GGUF metadata through a table of keys (field -> key(s), default)
 into a frozen dataclass per architecture; derived defaults are filled in `__post_init__`.
 Each architecture lives in `engine/models/<arch>.py` and registers its class with `@register`.
+
+One interface, mlx-lm style: every block is called as `block(x, cache, step)`, where `step` is
+a frozen `ForwardStep` built once per forward call (positions, per-layer-kind rope tables and
+masks, the recorder). Blocks keep no state between calls. `Model.forward` is the same for every
+architecture (embed -> blocks -> `head`); models differ only in what they load and in a few
+hooks (`embed_scale`, `logit_softcap`, `attn_kinds`, `layer_kind`, `new_cache`).
+
+Recording points of the forward itself: "resid" [T, n_embd], the residual stream after each
+block (the input of the final norm after the last one), only when the recorder wants it.
 
 Loading reports progress and can be cancelled without any model file knowing: every weight a
 model builds is looked up through `Model.tensor_info`, which `load_model` hooks (through a
@@ -13,7 +22,6 @@ context variable) to count the bytes built so far and to poll `should_stop`.
 from __future__ import annotations
 
 import abc
-
 import contextlib
 import contextvars
 import dataclasses
@@ -30,12 +38,14 @@ from engine.errors import GGUFError, LoadCancelled, UnsupportedArchitectureError
 from engine.gguf.dequant import dequantize
 from engine.gguf.reader import GGUFFile, TensorInfo, open_gguf
 from engine.kv_cache import KVCache
-from engine.layers import RMSNorm, RoPE, YarnParams
-from engine.linear import Embedding, Linear, exact_weights, release_all
+from engine.layers import GatedMLP, RMSNorm, RoPE, YarnParams, attention_mask
+from engine.linear import Embedding, Linear, exact_mode, exact_weights, release_all
+from engine.models.validate import validate_model_file
 from engine.threads import set_threads
 from engine.trace import Recorder
 
 DEFAULT_N_CTX = 4096  # the training context is often 32k-128k: far too much KV cache by default
+_F32 = 0  # ggml type id of float32
 
 # general.architecture -> module that implements it (imported on first use).
 ARCH_MODULES: dict[str, str] = {
@@ -44,11 +54,21 @@ ARCH_MODULES: dict[str, str] = {
     "qwen3": "engine.models.qwen3",
     "gemma3": "engine.models.gemma3",
     "qwen2moe": "engine.models.qwen2moe",
-    "qwen3moe": "engine.models.qwen2moe",
+    "qwen3moe": "engine.models.qwen3moe",
     "olmoe": "engine.models.olmoe",
     "deepseek2": "engine.models.deepseek2",
+    "glm4moe": "engine.models.glm4moe",
+    "ernie4_5-moe": "engine.models.ernie4_5_moe",
+    "gpt-oss": "engine.models.gpt_oss",
+    "granitemoe": "engine.models.granitemoe",
+    "lfm2moe": "engine.models.lfm2moe",
 }
-_REGISTRY: dict[str, type["Model"]] = {}
+# general.architecture -> module for files of that architecture with `{arch}.expert_count` > 0,
+# where that is a different family: Mixtral files declare `llama` with an expert count.
+EXPERT_ARCH_MODULES: dict[str, str] = {
+    "llama": "engine.models.mixtral",
+}
+_REGISTRY: dict[tuple[str, bool], type["Model"]] = {}  # (arch, expert variant) -> class
 
 REQUIRED = object()
 
@@ -160,11 +180,13 @@ def read_config(cls: type, gf: GGUFFile, **overrides: Any):
     return cls(**{k: v for k, v in values.items() if k in known})
 
 
-def register(*archs: str):
-    """Class decorator: `@register("qwen2")` makes load_model build that class for the arch."""
+def register(*archs: str, experts: bool = False):
+    """Class decorator: `@register("qwen2")` makes load_model build that class for the arch;
+    `@register("llama", experts=True)` for the arch's files with an expert count (see
+    EXPERT_ARCH_MODULES)."""
     def deco(cls):
         for arch in archs:
-            _REGISTRY[arch] = cls
+            _REGISTRY[(arch, experts)] = cls
         return cls
     return deco
 
@@ -173,10 +195,82 @@ def supported_architectures() -> tuple[str, ...]:
     return tuple(sorted(ARCH_MODULES))
 
 
+def _has_experts(gf: GGUFFile) -> bool:
+    n = gf.metadata.get(f"{gf.architecture}.expert_count", 0)
+    return bool(np.max(n)) if isinstance(n, np.ndarray) and n.size else bool(n)
+
+
+def model_class(gf: GGUFFile) -> type["Model"]:
+    """The class `load_model` builds for gf: by architecture, then by expert count. Imports only
+    that family's module (a dense file never imports an MoE module)."""
+    arch = gf.architecture
+    if arch not in ARCH_MODULES:
+        raise UnsupportedArchitectureError(
+            f"{gf.path.name}: architecture {arch or '(none)'!r} is not supported "
+            f"(supported: {', '.join(supported_architectures())})")
+    experts = arch in EXPERT_ARCH_MODULES and _has_experts(gf)
+    importlib.import_module(EXPERT_ARCH_MODULES[arch] if experts else ARCH_MODULES[arch])
+    return _REGISTRY[(arch, experts)]
+
+
+# ----------------------------------------------------------------------------- the per-call step
+
+@dataclass(frozen=True)
+class AttnKind:
+    """What the attention layers of one kind share for the model's lifetime."""
+
+    rope: RoPE
+    window: int | None = None  # sliding window in tokens (a key is seen while q - k < window)
+
+
+@dataclass(frozen=True)
+class AttnInputs:
+    """What the attention layers of one kind read in one forward call."""
+
+    rope: RoPE
+    cos: torch.Tensor            # [T, n_rot] full-width cos (`RoPE.tables`, for `RoPE.rotate`)
+    sin: torch.Tensor            # [T, n_rot] signed sin
+    key_start: int               # attend over cached keys [key_start, start_pos + T)
+    mask: torch.Tensor | None    # [T, start_pos + T - key_start] bool, True = visible; None: all
+
+
+@dataclass(frozen=True)
+class ForwardStep:
+    """Everything a block needs from one forward call; built once per call, read-only.
+
+    `attn` maps a layer kind ("global" | "sliding" | "mla", see `Model.layer_kinds`) to its
+    rope tables and mask: every layer of a kind shares them. When the recorder wants
+    "attn_probs" (and its `full_key_span` is not False), masks span all keys 0..start_pos+T-1
+    (key_start 0), so recorded probabilities are [n_head, T, start_pos + T] with exact zeros
+    where a key is not seen (a future key, or one outside a sliding window).
+    """
+
+    start_pos: int                    # position of the first of this call's tokens
+    n_tokens: int                     # T
+    attn: dict[str, AttnInputs]       # by layer kind
+    recorder: Recorder | None = None
+
+    @property
+    def end(self) -> int:
+        """Positions cached after this call: start_pos + n_tokens."""
+        return self.start_pos + self.n_tokens
+
+
 class Model(abc.ABC):
-    """A decoder loaded from a GGUF file. Subclasses set Config and implement __init__/forward."""
+    """A decoder loaded from a GGUF file, with the one forward pass every architecture shares.
+
+    A subclass sets `Config` and, in __init__, loads `embed`, `blocks` (each with `.layer`, its
+    index, and called as `block(x, cache, step)`), `output_norm`, `lm_head`, and `attn_kinds`
+    (per layer kind, the rope and sliding window its attention uses). Hooks for what differs:
+    `layer_kind(i)`, `embed_scale`, `logit_softcap`, `new_cache` with `kv_bytes_per_token`,
+    and `router`/`n_shared_experts` for mixture-of-experts models.
+    """
 
     Config: ClassVar[type[TransformerConfig]] = TransformerConfig
+    embed_scale: float | None = None   # Gemma multiplies token embeddings by sqrt(n_embd)
+    logit_softcap: float = 0.0         # Gemma 3: logits = cap * tanh(logits / cap) when set
+    router: Any = None                 # MoE: the engine.moe.RouterConfig every MoE layer uses
+    n_shared_experts: int = 0          # MoE: always-on shared experts per MoE layer
 
     def __init__(self, gf: GGUFFile, config: TransformerConfig, n_ctx: int | None = None):
         self.gguf = gf
@@ -184,16 +278,70 @@ class Model(abc.ABC):
         self.n_ctx = int(n_ctx) if n_ctx else min(config.n_ctx_train, DEFAULT_N_CTX)
         if self.n_ctx <= 0:
             raise ValueError(f"n_ctx must be positive, got {self.n_ctx}")
+        self.attn_kinds: dict[str, AttnKind] = {}
+        self.blocks: list = []
+
+    @classmethod
+    def read_config(cls, gf: GGUFFile) -> TransformerConfig:
+        """The hyperparameters of gf for this class, read from metadata (no weight is read)."""
+        vocab = gf.tensor("token_embd.weight").shape[0] if gf.has_tensor("token_embd.weight") else None
+        return cls.Config.from_gguf(gf, **({"n_vocab": vocab} if vocab else {}))
 
     @classmethod
     def from_gguf(cls, gf: GGUFFile, n_ctx: int | None = None) -> "Model":
-        vocab = gf.tensor("token_embd.weight").shape[0] if gf.has_tensor("token_embd.weight") else None
-        config = cls.Config.from_gguf(gf, **({"n_vocab": vocab} if vocab else {}))
-        return cls(gf, config, n_ctx)
+        return cls(gf, cls.read_config(gf), n_ctx)
 
     @property
     def n_vocab(self) -> int:
         return self.config.n_vocab
+
+    # -- plain facts for the inspection panels ------------------------------------------------
+
+    def layer_kind(self, layer: int) -> str:
+        """"global" (causal attention over every earlier token), "sliding" (a window of
+        `layer_windows[layer]` tokens), "mla" (DeepSeek's latent attention, causal) or "conv"
+        (LFM2's short convolution: no attention, nothing recorded as "attn_probs")."""
+        return "global"
+
+    @property
+    def layer_kinds(self) -> list[str]:
+        return [self.layer_kind(i) for i in range(self.config.n_layer)]
+
+    @property
+    def layer_windows(self) -> list[int | None]:
+        """Per layer, its sliding window in tokens (None: it sees every earlier token)."""
+        return [self.attn_kinds[k].window for k in self.layer_kinds]
+
+    @property
+    def kv_head_of(self) -> list[int]:
+        """Per query head, the kv head it reads (grouped-query attention: h // (Hq / Hkv))."""
+        c = self.config
+        group = c.n_head // c.n_head_kv
+        return [h // group for h in range(c.n_head)]
+
+    @property
+    def moe_layers(self) -> list[int]:
+        """Indices of the layers whose FFN is a routed mixture of experts (empty when dense)."""
+        return [b.layer for b in self.blocks if getattr(b, "moe", None) is not None]
+
+    @property
+    def router_info(self) -> dict[str, Any] | None:
+        """{"n_expert", "n_used", "n_shared", "gating": "softmax" | "sigmoid"}; None when dense."""
+        r = self.router
+        if r is None:
+            return None
+        return {"n_expert": r.n_expert, "n_used": r.n_used, "n_shared": self.n_shared_experts,
+                "gating": r.gating_name}
+
+    # -- cache --------------------------------------------------------------------------------
+
+    @classmethod
+    def kv_bytes_per_token(cls, config: TransformerConfig) -> int:
+        """Bytes `new_cache` allocates per context position: float32 keys and values for every
+        layer. Sliding-window layers (Gemma 3) get the full context too: recorded attention
+        spans every key, and decode steps only slice the window out of it."""
+        c = config
+        return c.n_layer * c.n_head_kv * (c.head_dim + c.head_dim_v) * 4
 
     def new_cache(self, n_ctx: int | None = None) -> KVCache:
         c = self.config
@@ -201,18 +349,75 @@ class Model(abc.ABC):
 
     @property
     def cache_bytes_per_token(self) -> int:
-        c = self.config
-        return c.n_layer * c.n_head_kv * (c.head_dim + c.head_dim_v) * 4
+        return self.kv_bytes_per_token(self.config)
 
-    @abc.abstractmethod
-    def forward(self, ids: torch.Tensor, cache: KVCache, start_pos: int,
+    # -- forward ------------------------------------------------------------------------------
+
+    def make_step(self, start_pos: int, n_tokens: int,
+                  recorder: Recorder | None = None) -> ForwardStep:
+        """The per-call context of `forward`: rope tables and mask once per layer kind."""
+        # A LiveTrace keeps only the last row of a step and pads the cut-off keys itself:
+        # spanning every key would make sliding layers read the whole cache each step.
+        full = (recorder is not None and recorder.wants("attn_probs")
+                and getattr(recorder, "full_key_span", True))
+        attn = {}
+        for kind, spec in self.attn_kinds.items():
+            key_start, mask = attention_mask(start_pos, n_tokens, spec.window, full)
+            cos, sin = spec.rope.tables(start_pos, n_tokens)  # [T, n_rot]
+            attn[kind] = AttnInputs(spec.rope, cos, sin, key_start, mask)
+        return ForwardStep(start_pos, n_tokens, attn, recorder)
+
+    @torch.inference_mode()
+    def forward(self, ids: torch.Tensor, cache: Any, start_pos: int,
                 recorder: Recorder | None = None, *, all_logits: bool = True) -> torch.Tensor:
         """ids [T] -> logits [T, n_vocab] float32 (only the last row when all_logits=False)."""
+        ids = _as_ids(ids)
+        T = ids.shape[0]
+        if recorder is not None:
+            recorder.begin_step(start_pos, T)
+        step = self.make_step(start_pos, T, recorder)
+        x = self.embed(ids)  # [T, n_embd]
+        if self.embed_scale is not None:
+            x = x * self.embed_scale
+        resid = recorder is not None and recorder.wants("resid")
+        for block in self.blocks:
+            x = block(x, cache, step)  # [T, n_embd]
+            if resid:
+                recorder.record("resid", block.layer, x)
+        if not all_logits:
+            x = x[-1:]
+        return self._head(x)  # [T, n_vocab]
+
+    @torch.inference_mode()
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """x [T, n_embd] (a residual stream) -> logits [T, n_vocab] float32: the final norm,
+        the output head and any logit soft-cap, exactly what forward applies after the last
+        block, so the logit lens of the last "resid" is the model's logits."""
+        return self._head(x)
+
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.lm_head(self.output_norm(x))  # [T, n_vocab]
+        if self.logit_softcap:
+            cap = self.logit_softcap
+            logits = logits.div_(cap).tanh_().mul_(cap)  # in place: [T, 262k] is MBs a step
+        return logits
 
     def __call__(self, *args, **kwargs) -> torch.Tensor:
         return self.forward(*args, **kwargs)
 
     # -- loading helpers ----------------------------------------------------------------------
+
+    @classmethod
+    def resident_bytes(cls, gf: GGUFFile, info: TensorInfo, packed: bool) -> int:
+        """Bytes a loaded model holds for tensor `info` (see `estimate_memory`): matrices keep
+        their file encoding when `packed` (engine.linear), else become float32; vectors are
+        float32; stacked experts are read through the file's map (engine.moe); an untied
+        token embedding is never loaded (rows are decoded from the file per lookup)."""
+        if info.name == "token_embd.weight" and gf.has_tensor("output.weight"):
+            return 0
+        if "_exps." in info.name or (len(info.shape) == 2 and (packed or info.ggml_type == _F32)):
+            return info.n_bytes
+        return 4 * info.n_elements
 
     def tensor_info(self, name: str, required: bool = True) -> TensorInfo | None:
         """Every weight is looked up here right before it is built: the load hooks' one door."""
@@ -243,16 +448,16 @@ class Model(abc.ABC):
         biases = [self.tensor_info(f"{p}.bias", required=False) for p in prefixes]
         return load_stacked(self.gguf, infos, biases)
 
-    def load_experts(self, name: str):
-        """A stacked `[E, out, in]` expert tensor (zero-copy over the file), see engine/moe.py."""
-        from engine.moe import StackedExperts  # noqa: PLC0415
-
-        info = self.tensor_info(name)
-        return StackedExperts(self.gguf.raw(info), info.ggml_type, info.shape, name)
-
     def load_vector(self, name: str, required: bool = True) -> torch.Tensor | None:
         info = self.tensor_info(name, required)
         return None if info is None else dequantize(self.gguf, info)
+
+    def load_gated_mlp(self, layer: int, suffix: str = "", activation: str = "silu") -> GatedMLP:
+        """`blk.{layer}.ffn_{gate,up,down}{suffix}` as one gated MLP: SwiGLU (silu) or GeGLU
+        (gelu_tanh); suffix "_shexp" for an MoE layer's shared experts."""
+        p = f"blk.{layer}.ffn_"
+        return GatedMLP(*self.load_linears([f"{p}gate{suffix}", f"{p}up{suffix}"]),
+                        self.load_linear(f"{p}down{suffix}"), activation)
 
     def load_norm(self, prefix: str, required: bool = True) -> RMSNorm | None:
         """`{prefix}.weight` as an RMSNorm with the config's epsilon."""
@@ -292,6 +497,57 @@ class Model(abc.ABC):
                 f"(supported: none, linear, yarn, llama3 rope_freqs)")
         return RoPE(c.n_rot, c.rope_base if base is None else base, neox, freq_scale=scale,
                     freq_factors=freq_factors, yarn=yarn)
+
+
+# ----------------------------------------------------------------------------- memory estimate
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """What a model built from a file will hold, from its header alone (see estimate_memory)."""
+
+    weights_bytes: int            # weights as the engine will hold them
+    cache_bytes: int              # the KV (or MLA latent) cache preallocated for n_ctx positions
+    cache_bytes_per_token: int
+    representation: str           # "packed Q4_K/Q6_K", "float32", "float32, experts packed Q8_0"
+    n_ctx: int                    # the context the cache is sized for
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weights_bytes + self.cache_bytes
+
+
+def estimate_memory(gf: GGUFFile, n_ctx: int | None = None) -> MemoryEstimate:
+    """Bytes the model in gf will need once loaded with `load_model(gf, n_ctx)`, without
+    loading a weight: its architecture's cache formula for n_ctx (default as load_model's),
+    plus the weights as `engine.linear` will store them: packed in their file encoding when the
+    fused kernels are available and exact mode is off, else matrices as float32.
+    Stacked MoE experts are counted at file size (read through the map when routed to)."""
+    from engine import kernels  # noqa: PLC0415  (compiles the kernels on first use)
+
+    cls = model_class(gf)
+    config = cls.read_config(gf)
+    n_ctx = int(n_ctx) if n_ctx else min(config.n_ctx_train, DEFAULT_N_CTX)
+    if n_ctx <= 0:
+        raise ValueError(f"n_ctx must be positive, got {n_ctx}")
+    packed = not exact_mode() and kernels.available()
+    weights = 0
+    kept: dict[str, int] = {}     # file encodings held as they are (not float32) -> bytes
+    for info in gf.tensors:
+        n = cls.resident_bytes(gf, info, packed)
+        weights += n
+        if n and n == info.n_bytes and info.ggml_type != _F32:
+            kept[info.type_name] = kept.get(info.type_name, 0) + n
+    types = "/".join(sorted(kept, key=lambda t: (-kept[t], t)))  # most bytes first
+    if not kept:
+        representation = "float32"
+    elif packed:
+        representation = f"packed {types}"
+    else:
+        representation = f"float32, experts packed {types}"
+    per_token = cls.kv_bytes_per_token(config)
+    return MemoryEstimate(weights_bytes=weights, cache_bytes=per_token * n_ctx,
+                          cache_bytes_per_token=per_token, representation=representation,
+                          n_ctx=n_ctx)
 
 
 def _as_ids(ids: torch.Tensor | list[int]) -> torch.Tensor:
@@ -346,17 +602,13 @@ def load_model(path_or_gguf: str | os.PathLike | GGUFFile, n_ctx: int | None = N
     gf = open_gguf(path_or_gguf) if opened else path_or_gguf
     cancelled = False
     try:
-        arch = gf.architecture
-        if arch not in ARCH_MODULES:
-            raise UnsupportedArchitectureError(
-                f"{gf.path.name}: architecture {arch or '(none)'!r} is not supported "
-                f"(supported: {', '.join(supported_architectures())})")
-        importlib.import_module(ARCH_MODULES[arch])
+        cls = model_class(gf)
+        validate_model_file(gf, n_ctx)  # one-line errors for bad hyperparameters, before any weight
         token = _load_hooks.set(_LoadHooks(gf, progress, should_stop)
                                 if progress is not None or should_stop is not None else None)
         try:
             with exact_weights(exact) if exact is not None else contextlib.nullcontext():
-                model = _REGISTRY[arch].from_gguf(gf, n_ctx)
+                model = cls.from_gguf(gf, n_ctx)
         finally:
             _load_hooks.reset(token)
     except LoadCancelled:

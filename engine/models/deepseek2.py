@@ -27,11 +27,12 @@ import torch
 
 from engine import kernels
 from engine.errors import ContextOverflowError
+from engine.gguf.reader import GGUFFile, TensorInfo
 from engine.layers import FusedLinear, GatedMLP, RoPE, YarnParams
 from engine.linear import release_pages
-from engine.models.base import COMMON_KEYS, Model, TransformerConfig, _as_ids, register
-from engine.moe import GATING_SOFTMAX, MoEFeedForward, RouterConfig, _torch_view
-from engine.trace import Recorder
+from engine.models.base import (COMMON_KEYS, AttnKind, ForwardStep, Model, TransformerConfig,
+                                register)
+from engine.moe import GATING_SOFTMAX, MoEFeedForward, RouterConfig, _torch_view, load_moe_ffn
 
 ARCH = "deepseek2"
 
@@ -94,10 +95,6 @@ class DeepseekV2Config(TransformerConfig):
     def mscale_all_dim(self) -> float:
         # [TAG_DEEPSEEK2_YARN_LOG_MUL_FIX] the converter stores 0.1 * mscale_all_dim
         return self.yarn_log_mul / 0.1
-
-    @property
-    def moe_layers(self) -> list[int]:
-        return [i for i in range(self.n_layer) if i >= self.n_dense_lead] if self.n_expert else []
 
 
 # ----------------------------------------------------------------------------- rope (YaRN, NORM)
@@ -197,7 +194,8 @@ class MLAttention:
 
     def __init__(self, m: "DeepseekV2Model", i: int):
         c = m.config
-        self.c, self.il = c, i
+        self.c, self.layer = c, i
+        self.kq_scale = m.kq_scale
         p = f"blk.{i}."
         # q (or q_a with q LoRA) and kv_a both read x: one matmul when they can be stacked
         q_name = "attn_q_a" if c.q_lora_rank else "attn_q"           # [q_lora | H*qk_head, D]
@@ -224,74 +222,52 @@ class MLAttention:
             self.w_vb = kv_b[:, c.qk_nope:].contiguous()           # [H, v, L]
         self.wo = m.load_linear(p + "attn_output")                 # [D, H*v]
 
-    def __call__(self, x: torch.Tensor, cache: "MLACache", start_pos: int, rope: RoPE,
-                 cos: torch.Tensor, sin: torch.Tensor, kq_scale: float,
-                 recorder: Recorder | None) -> torch.Tensor:
-        c = self.c
+    def __call__(self, x: torch.Tensor, cache: "MLACache", step: ForwardStep) -> torch.Tensor:
+        c, a = self.c, step.attn["mla"]
         T, H, L = x.shape[0], c.n_head, c.kv_lora_rank
         q, kv = self.wq_kv(x)                          # [T, q_lora | H*qk_head], [T, L + rope]
         if c.q_lora_rank:
             q = self.wq_b(self.q_a_norm(q))                            # [T, H*qk_head]
         q = q.view(T, H, c.qk_head).transpose(0, 1)                    # [H, T, nope+rope]
         q_nope = q[..., :c.qk_nope]                                    # [H, T, nope]
-        q_pe = rope.rotate(q[..., c.qk_nope:], cos, sin)               # [H, T, rope]
+        q_pe = a.rope.rotate(q[..., c.qk_nope:], a.cos, a.sin)         # [H, T, rope]
         latent = self.kv_a_norm(kv[:, :L])                             # [T, L]
-        k_pe = rope.rotate(kv[None, :, L:], cos, sin)[0]               # [T, rope], one shared head
-        ckv = cache.update(self.il, start_pos, torch.cat((latent, k_pe), dim=-1))  # [S, L + rope]
-        S = ckv.shape[0]
+        k_pe = a.rope.rotate(kv[None, :, L:], a.cos, a.sin)[0]         # [T, rope], one shared head
+        ckv = torch.cat((latent, k_pe), dim=-1)                        # [T, L + rope]
+        ckv = cache.update(self.layer, step.start_pos, ckv)            # [S, L + rope]
         c_all, pe_all = ckv[:, :L], ckv[:, L:]                         # [S, L], [S, rope]
 
         q_lat = torch.bmm(q_nope, self.w_kb)                           # [H, T, L]  q . W_kb absorbed
-        scores = (q_lat @ c_all.T).add_(q_pe @ pe_all.T).mul_(kq_scale)  # [H, T, S]
-        if T > 1:
-            q_pos = torch.arange(start_pos, start_pos + T)[:, None]    # [T, 1]
-            scores.masked_fill_(torch.arange(S)[None, :] > q_pos, float("-inf"))
+        scores = (q_lat @ c_all.T).add_(q_pe @ pe_all.T).mul_(self.kq_scale)  # [H, T, S]
+        if a.mask is not None:                                         # causal, key_start 0
+            scores.masked_fill_(~a.mask, float("-inf"))                # mask [T, S]
         probs = torch.softmax(scores, dim=-1)                          # [H, T, S]
-        if recorder is not None:
-            recorder.record("attn_probs", self.il, probs)
+        if step.recorder is not None:
+            step.recorder.record("attn_probs", self.layer, probs)
         o_lat = probs @ c_all                                          # [H, T, L]
         o = torch.bmm(o_lat, self.w_vb.transpose(1, 2))                # [H, T, v]  W_vb after attn
         return self.wo(o.transpose(0, 1).reshape(T, H * c.v_head))     # [T, D]
 
 
-def load_swiglu(m: Model, prefix: str, suffix: str = "") -> GatedMLP:
-    """Dense SwiGLU FFN: `ffn_{gate,up,down}{suffix}` (suffix "_shexp" for shared experts)."""
-    return GatedMLP(*m.load_linears([f"{prefix}ffn_gate{suffix}", f"{prefix}ffn_up{suffix}"]),
-                    m.load_linear(f"{prefix}ffn_down{suffix}"), "silu")
-
-
 class Block:
     def __init__(self, m: "DeepseekV2Model", i: int):
-        c, p = m.config, f"blk.{i}."
-        self.il = i
+        p = f"blk.{i}."
+        self.layer = i
         self.attn_norm = m.load_norm(p + "attn_norm")
         self.attn = MLAttention(m, i)
         self.ffn_norm = m.load_norm(p + "ffn_norm")
-        self.ffn: GatedMLP | None = None
+        # the first `leading_dense_block_count` layers (and all without a router) are dense
         self.moe: MoEFeedForward | None = None
-        if i not in c.moe_layers:
-            self.ffn = load_swiglu(m, p)
-            return
-        router = RouterConfig(
-            n_expert=c.n_expert, n_used=c.n_expert_used, gating=c.expert_gating,
-            norm_weights=c.expert_weights_norm, scale=c.expert_weights_scale,
-            n_groups=c.n_expert_groups, n_groups_used=c.n_expert_groups_used)
-        self.moe = MoEFeedForward(
-            router,
-            gate_inp=m.load_linear(p + "ffn_gate_inp"),                # [E, D]
-            gate=m.load_experts(p + "ffn_gate_exps.weight"),  # [E, F, D]
-            up=m.load_experts(p + "ffn_up_exps.weight"),      # [E, F, D]
-            down=m.load_experts(p + "ffn_down_exps.weight"),  # [E, D, F]
-            probs_bias=m.load_vector(p + "exp_probs_b.bias", required=False),  # [E] sigmoid routers
-            shared=load_swiglu(m, p, "_shexp") if c.n_expert_shared else None,
-        )
+        if m.router is not None and i >= m.config.n_dense_lead:
+            self.moe = load_moe_ffn(m, i, m.router)
+        self.mlp: GatedMLP | None = m.load_gated_mlp(i) if self.moe is None else None
 
-    def __call__(self, x: torch.Tensor, cache: "MLACache", start_pos: int, rope: RoPE,
-                 cos: torch.Tensor, sin: torch.Tensor, kq_scale: float,
-                 recorder: Recorder | None) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), cache, start_pos, rope, cos, sin, kq_scale, recorder)
+    def __call__(self, x: torch.Tensor, cache: "MLACache", step: ForwardStep) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), cache, step)
         h = self.ffn_norm(x)
-        return x + (self.moe(h, self.il, recorder) if self.moe is not None else self.ffn(h))
+        if self.moe is not None:
+            return x + self.moe(h, self.layer, step.recorder)
+        return x + self.mlp(h)
 
 
 # ----------------------------------------------------------------------------- model
@@ -302,38 +278,40 @@ class DeepseekV2Model(Model):
 
     def __init__(self, gf, config: DeepseekV2Config, n_ctx: int | None = None):
         super().__init__(gf, config, n_ctx)
-        self.rope = make_mla_rope(config)
+        self.attn_kinds = {"mla": AttnKind(make_mla_rope(config))}
         self.kq_scale = yarn_factors(config)[1]
+        if config.n_expert:
+            self.router = RouterConfig(
+                n_expert=config.n_expert, n_used=config.n_expert_used,
+                gating=config.expert_gating, norm_weights=config.expert_weights_norm,
+                scale=config.expert_weights_scale, n_groups=config.n_expert_groups,
+                n_groups_used=config.n_expert_groups_used)
+            self.n_shared_experts = config.n_expert_shared
         self.embed = self.load_embedding()
         self.blocks = [Block(self, i) for i in range(config.n_layer)]
         self.output_norm = self.load_norm("output_norm")
         self.lm_head = self.load_output()
 
+    def layer_kind(self, layer: int) -> str:
+        return "mla"
+
     @property
-    def moe_layers(self) -> list[int]:
-        return self.config.moe_layers
+    def kv_head_of(self) -> list[int]:
+        """Every query head reads the one latent "kv head" (the absorbed view is multi-query:
+        per-head keys and values are never formed), so all map to 0."""
+        return [0] * self.config.n_head
+
+    @classmethod
+    def kv_bytes_per_token(cls, config: DeepseekV2Config) -> int:
+        c = config
+        return c.n_layer * (c.kv_lora_rank + c.qk_rope) * 4  # float32 latents + rope keys
 
     def new_cache(self, n_ctx: int | None = None) -> MLACache:
         c = self.config
         return MLACache(c.n_layer, n_ctx or self.n_ctx, c.kv_lora_rank, c.qk_rope)
 
-    @property
-    def cache_bytes_per_token(self) -> int:
-        c = self.config
-        return c.n_layer * (c.kv_lora_rank + c.qk_rope) * 4  # float32 latents + rope keys
-
-    @torch.inference_mode()
-    def forward(self, ids: torch.Tensor, cache: MLACache, start_pos: int,
-                recorder: Recorder | None = None, *, all_logits: bool = True) -> torch.Tensor:
-        """ids [T] -> logits [T, n_vocab] float32 (only the last row when all_logits=False)."""
-        ids = _as_ids(ids)
-        T = ids.shape[0]
-        if recorder is not None:
-            recorder.begin_step(start_pos, T)
-        cos, sin = self.rope.tables(start_pos, T)                      # [T, rope] (rope.rotate)
-        x = self.embed(ids)                                            # [T, D]
-        for block in self.blocks:
-            x = block(x, cache, start_pos, self.rope, cos, sin, self.kq_scale, recorder)
-        if not all_logits:
-            x = x[-1:]
-        return self.lm_head(self.output_norm(x))                       # [T, n_vocab]
+    @classmethod
+    def resident_bytes(cls, gf: GGUFFile, info: TensorInfo, packed: bool) -> int:
+        if any(k in info.name for k in (".attn_k_b.", ".attn_v_b.", ".attn_kv_b.")):
+            return 4 * info.n_elements  # decoded to float32 at load (see MLAttention)
+        return super().resident_bytes(gf, info, packed)

@@ -19,10 +19,9 @@ import numpy as np
 import torch
 
 from engine.kv_cache import KVCache
-from engine.layers import GatedMLP, RoPE, attention_mask
 from engine.models import llama
-from engine.models.base import COMMON_KEYS, Model, TransformerConfig, _as_ids, register
-from engine.trace import Recorder
+from engine.models.base import (COMMON_KEYS, AttnKind, ForwardStep, Model, TransformerConfig,
+                                register)
 
 
 @dataclass(frozen=True)
@@ -68,7 +67,8 @@ class _Config(ModelArgs):
 
 
 class Attention(llama.Attention):
-    """Llama's attention with q/k norms always on and Gemma's own score scale."""
+    """Llama's attention with q/k norms always on and Gemma's own score scale. Its layer kind
+    ("sliding" or "global") picks the rope, window and mask from the step."""
 
     def __init__(self, m: "Gemma3Model", i: int):
         super().__init__(m, i)
@@ -77,20 +77,16 @@ class Attention(llama.Attention):
 
 class Block:
     def __init__(self, m: "Gemma3Model", i: int):
-        self.local = m.config.is_local(i)
+        self.layer = i
         self.attn_norm = m.load_norm(f"blk.{i}.attn_norm")
         self.attn = Attention(m, i)
         self.post_attn_norm = m.load_norm(f"blk.{i}.post_attention_norm")
         self.ffn_norm = m.load_norm(f"blk.{i}.ffn_norm")
-        self.mlp = GatedMLP(*m.load_linears([f"blk.{i}.ffn_gate", f"blk.{i}.ffn_up"]),
-                            m.load_linear(f"blk.{i}.ffn_down"), "gelu_tanh")
+        self.mlp = m.load_gated_mlp(i, activation="gelu_tanh")
         self.post_ffn_norm = m.load_norm(f"blk.{i}.post_ffw_norm")
 
-    def __call__(self, x: torch.Tensor, cache: KVCache, layer: int, start_pos: int, rope: RoPE,
-                 cos: torch.Tensor, sin: torch.Tensor, key_start: int, mask: torch.Tensor | None,
-                 recorder: Recorder | None) -> torch.Tensor:
-        h = self.attn(self.attn_norm(x), cache, layer, start_pos, rope, cos, sin, key_start, mask,
-                      recorder)
+    def __call__(self, x: torch.Tensor, cache: KVCache, step: ForwardStep) -> torch.Tensor:
+        h = self.attn(self.attn_norm(x), cache, step)
         x = x + self.post_attn_norm(h)
         return x + self.post_ffn_norm(self.mlp(self.ffn_norm(x)))
 
@@ -102,37 +98,17 @@ class Gemma3Model(Model):
 
     def __init__(self, gf, config: ModelArgs, n_ctx: int | None = None):
         super().__init__(gf, config, n_ctx)
-        self.rope_global = self.make_rope(neox=True)
-        self.rope_local = self.make_rope(neox=True, base=config.rope_base_local, scaled=False)
+        # One rope table and mask per layer kind, shared by all layers of that kind.
+        kinds = {"global": AttnKind(self.make_rope(neox=True)),
+                 "sliding": AttnKind(self.make_rope(neox=True, base=config.rope_base_local,
+                                                    scaled=False), config.sliding_window)}
+        self.attn_kinds = {k: kinds[k] for k in sorted(set(self.layer_kinds))}
         self.embed = self.load_embedding()
         self.embed_scale = float(config.n_embd) ** 0.5
         self.blocks = [Block(self, i) for i in range(config.n_layer)]
         self.output_norm = self.load_norm("output_norm")
         self.lm_head = self.load_output()
+        self.logit_softcap = config.final_logit_softcap
 
-    @torch.inference_mode()
-    def forward(self, ids: torch.Tensor, cache: KVCache, start_pos: int,
-                recorder: Recorder | None = None, *, all_logits: bool = True) -> torch.Tensor:
-        ids = _as_ids(ids)
-        T = ids.shape[0]
-        c = self.config
-        if recorder is not None:
-            recorder.begin_step(start_pos, T)
-        full = recorder is not None and recorder.wants("attn_probs")
-        # One mask (and rope table) per layer kind, shared by all layers of that kind.
-        masks = {False: attention_mask(start_pos, T, None, full),
-                 True: attention_mask(start_pos, T, c.sliding_window, full)}
-        ropes = {False: (self.rope_global, *self.rope_global.tables(start_pos, T)),
-                 True: (self.rope_local, *self.rope_local.tables(start_pos, T))}  # [T, n_rot]
-        x = self.embed(ids) * self.embed_scale  # [T, n_embd]
-        for i, block in enumerate(self.blocks):
-            key_start, mask = masks[block.local]
-            rope, cos, sin = ropes[block.local]
-            x = block(x, cache, i, start_pos, rope, cos, sin, key_start, mask, recorder)
-        if not all_logits:
-            x = x[-1:]
-        logits = self.lm_head(self.output_norm(x))  # [T, n_vocab]
-        if c.final_logit_softcap:
-            cap = c.final_logit_softcap
-            logits = logits.div_(cap).tanh_().mul_(cap)  # in place: [T, 262k] is MBs a step
-        return logits
+    def layer_kind(self, layer: int) -> str:
+        return "sliding" if self.config.is_local(layer) else "global"

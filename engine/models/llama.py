@@ -4,23 +4,30 @@ Pre-norm decoder: x += attn(rms(x)); x += swiglu(rms(x)). RoPE is llama.cpp's NO
 (adjacent pairs): the GGUF converter permutes q/k weights into that layout. Llama 3 ships
 its rope scaling as per-frequency divisors in `rope_freqs.weight`.
 Qwen2 (q/k/v biases) and Qwen3 (q/k RMS norms) differ only in rope mode and those tensors;
-their files subclass `LlamaModel`.
+their files subclass `LlamaModel`. So do the MoE decoders built on this block (Mixtral,
+Qwen2/3-MoE, OLMoE, see llama_moe.py): they override `load_ffn`. This file imports no MoE
+module.
 """
 
 from __future__ import annotations
+
+from typing import Any, ClassVar
 
 import torch
 
 from engine.errors import UnsupportedArchitectureError
 from engine.kv_cache import KVCache
-from engine.layers import FusedLinear, GatedMLP, RoPE, attention, attention_mask
-from engine.models.base import Model, TransformerConfig, _as_ids, register
-from engine.trace import Recorder
+from engine.layers import FusedLinear, attention
+from engine.models.base import AttnKind, ForwardStep, Model, TransformerConfig, register
 
 
 class Attention:
+    """Grouped-query attention with rope; q/k/v biases load when the file has them, per-head
+    q/k RMS norms when the model sets `qk_norm`."""
+
     def __init__(self, m: "LlamaModel", i: int):
         c = m.config
+        self.layer, self.kind = i, m.layer_kind(i)
         self.n_head, self.n_kv, self.head_dim = c.n_head, c.n_head_kv, c.head_dim
         # q [n_head * head_dim, n_embd], k [n_kv * head_dim, n_embd], v [n_kv * head_dim_v, n_embd],
         # stacked where their types allow (one kernel call instead of three)
@@ -42,76 +49,58 @@ class Attention:
             q, k = self.q_norm(q), self.k_norm(k)
         return q, k, v
 
-    def __call__(self, x: torch.Tensor, cache: KVCache, layer: int, start_pos: int, rope: RoPE,
-                 cos: torch.Tensor, sin: torch.Tensor, key_start: int, mask: torch.Tensor | None,
-                 recorder: Recorder | None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, cache: KVCache, step: ForwardStep) -> torch.Tensor:
+        a = step.attn[self.kind]
         T = x.shape[0]
         q, k, v = self.project(x)
-        q = rope.rotate(q.transpose(0, 1), cos, sin)  # [Hq, T, D]
-        k = rope.rotate(k.transpose(0, 1), cos, sin)  # [Hkv, T, D]
-        keys, values = cache.update(layer, start_pos, k, v.transpose(0, 1))  # [Hkv, S, D]
-        out = attention(q, keys[:, key_start:], values[:, key_start:], mask, self.scale,
-                        recorder, layer)  # [Hq, T, Dv]
+        q = a.rope.rotate(q.transpose(0, 1), a.cos, a.sin)  # [Hq, T, D]
+        k = a.rope.rotate(k.transpose(0, 1), a.cos, a.sin)  # [Hkv, T, D]
+        keys, values = cache.update(self.layer, step.start_pos, k, v.transpose(0, 1))  # [Hkv, S, D]
+        out = attention(q, keys[:, a.key_start:], values[:, a.key_start:], a.mask, self.scale,
+                        step.recorder, self.layer)  # [Hq, T, Dv]
         return self.wo(out.transpose(0, 1).reshape(T, -1))  # [T, n_embd]
 
 
 class Block:
-    def __init__(self, m: "LlamaModel", i: int):
-        self.attn_norm = m.load_norm(f"blk.{i}.attn_norm")
-        self.attn = Attention(m, i)
-        self.ffn_norm = m.load_norm(f"blk.{i}.ffn_norm")
-        self.mlp = GatedMLP(*m.load_linears([f"blk.{i}.ffn_gate", f"blk.{i}.ffn_up"]),
-                            m.load_linear(f"blk.{i}.ffn_down"), "silu")
+    """x += attn(attn_norm(x)); x += ffn(ffn_norm(x)), the FFN being the model's `load_ffn`:
+    a dense gated MLP (`mlp`) or a routed mixture of experts (`moe`)."""
 
-    def __call__(self, x: torch.Tensor, cache: KVCache, layer: int, start_pos: int, rope: RoPE,
-                 cos: torch.Tensor, sin: torch.Tensor, key_start: int, mask: torch.Tensor | None,
-                 recorder: Recorder | None) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), cache, layer, start_pos, rope, cos, sin, key_start,
-                          mask, recorder)
-        return x + self.mlp(self.ffn_norm(x))
+    def __init__(self, m: "LlamaModel", i: int):
+        self.layer = i
+        self.attn_norm = m.load_norm(f"blk.{i}.attn_norm")
+        self.attn = m.attention_class(m, i)
+        self.ffn_norm = m.load_norm(f"blk.{i}.ffn_norm")
+        self.mlp, self.moe = m.load_ffn(i)
+
+    def __call__(self, x: torch.Tensor, cache: KVCache, step: ForwardStep) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), cache, step)
+        h = self.ffn_norm(x)
+        if self.moe is not None:
+            return x + self.moe(h, self.layer, step.recorder)
+        return x + self.mlp(h)
 
 
 @register("llama")
 class LlamaModel(Model):
     Config = TransformerConfig
-    rope_neox = False  # llama.cpp LLAMA_ROPE_TYPE_NORM
-    qk_norm = False
-
-    @classmethod
-    def from_gguf(cls, gf, n_ctx: int | None = None) -> Model:
-        if cls is LlamaModel and gf.metadata.get(f"{gf.architecture}.expert_count", 0):
-            # Mixtral files declare `llama` with an expert count.
-            from engine.models.qwen2moe import MixtralModel
-
-            return MixtralModel.from_gguf(gf, n_ctx)
-        return super().from_gguf(gf, n_ctx)
+    attention_class: ClassVar[Any] = Attention
+    rope_neox: ClassVar[bool] = False  # llama.cpp LLAMA_ROPE_TYPE_NORM
+    qk_norm: ClassVar[bool] = False    # per-head RMS norms on q and k (Qwen3)
+    has_experts: ClassVar[bool] = False
 
     def __init__(self, gf, config: TransformerConfig, n_ctx: int | None = None):
         super().__init__(gf, config, n_ctx)
-        if config.n_expert:
+        if config.n_expert and not self.has_experts:
             raise UnsupportedArchitectureError(
                 f"{gf.path.name}: {config.arch} with {config.n_expert} experts needs the "
                 f"mixture-of-experts model class")
         factors = self.load_vector("rope_freqs.weight", required=False)  # llama3: [n_rot/2]
-        self.rope = self.make_rope(self.rope_neox, freq_factors=factors)
+        self.attn_kinds = {"global": AttnKind(self.make_rope(self.rope_neox, freq_factors=factors))}
         self.embed = self.load_embedding()
         self.blocks = [Block(self, i) for i in range(config.n_layer)]
         self.output_norm = self.load_norm("output_norm")
         self.lm_head = self.load_output()
 
-    @torch.inference_mode()
-    def forward(self, ids: torch.Tensor, cache: KVCache, start_pos: int,
-                recorder: Recorder | None = None, *, all_logits: bool = True) -> torch.Tensor:
-        ids = _as_ids(ids)
-        T = ids.shape[0]
-        if recorder is not None:
-            recorder.begin_step(start_pos, T)
-        full = recorder is not None and recorder.wants("attn_probs")
-        key_start, mask = attention_mask(start_pos, T, None, full)
-        cos, sin = self.rope.tables(start_pos, T)  # [T, n_rot]
-        x = self.embed(ids)  # [T, n_embd]
-        for i, block in enumerate(self.blocks):
-            x = block(x, cache, i, start_pos, self.rope, cos, sin, key_start, mask, recorder)
-        if not all_logits:
-            x = x[-1:]
-        return self.lm_head(self.output_norm(x))  # [T, n_vocab]
+    def load_ffn(self, i: int) -> tuple[Any, Any]:
+        """(dense MLP, None) or (None, mixture of experts) for layer i."""
+        return self.load_gated_mlp(i), None

@@ -1,4 +1,4 @@
-"""OLMoE (`olmoe`): the MoE decoder of `qwen2moe.py` with q/k RMS norms over whole projections.
+"""OLMoE (`olmoe`): the MoE Llama block (llama_moe.py) with q/k RMS norms over whole projections.
 
 Unlike Qwen3's per-head norms, OLMoE normalises q [T, n_head * head_dim] and k
 [T, n_kv * head_dim] across all heads at once, before splitting heads and applying NEOX rope.
@@ -11,7 +11,7 @@ import torch
 
 from engine.models.base import register
 from engine.models.llama import Attention
-from engine.models.qwen2moe import MoETransformer
+from engine.models.llama_moe import MoELlamaModel
 
 
 class OlmoeAttention(Attention):
@@ -30,6 +30,7 @@ class OlmoeAttention(Attention):
 
 
 @register("olmoe")
-class OlmoeModel(MoETransformer):
+class OlmoeModel(MoELlamaModel):
     attention_class = OlmoeAttention
+    rope_neox = True   # llama.cpp LLAMA_ROPE_TYPE_NEOX
     norm_topk = False  # llama.cpp olmoe: norm_w false

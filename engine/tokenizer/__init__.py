@@ -23,6 +23,7 @@ import time
 import warnings
 from typing import Any
 
+from engine.errors import GGUFError
 from engine.tokenizer.backends import build_bpe, build_spm, build_wpm
 from engine.tokenizer.gguf_tokenizer import GGUFTokenizer, StreamDecoder
 from engine.tokenizer.pretokenize import PRE_NAMES, PreSpec, pre_spec
@@ -42,6 +43,11 @@ def load_tokenizer(gf_or_metadata: Any) -> GGUFTokenizer:
     gc.disable()
     try:
         return _load(md)
+    except GGUFError as exc:
+        path = getattr(gf_or_metadata, "path", None)
+        if path is None:
+            raise
+        raise type(exc)(f"{path.name}: {exc}") from None  # name the file, as the loader does
     finally:
         if gc_was_enabled:
             gc.enable()

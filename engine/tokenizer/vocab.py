@@ -100,12 +100,23 @@ class Vocab:
         return bool(int(self.attrs[token_id]) & attr)
 
 
+# Ids that build prompts and end generation: one outside the vocabulary is an error. llama.cpp
+# only warns ("bad special token") and keeps the default, which we still do for unk/sep/pad:
+# real files carry out-of-range padding ids, and nothing here uses those.
+_STRICT_IDS = ("bos_token_id", "eos_token_id", "eot_token_id", "eom_token_id")
+
+
 def _get_id(md: dict[str, Any], key: str, default: int | None, n: int) -> int | None:
     value = md.get(f"tokenizer.ggml.{key}")
     if value is None:
         return default if default is not None and 0 <= default < n else None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise GGUFError(f"tokenizer.ggml.{key} = {value!r} is not a token id")
     value = int(value)
-    if not 0 <= value < n:  # llama.cpp: "bad special token", keeps the default
+    if not 0 <= value < n:
+        if key in _STRICT_IDS:
+            raise GGUFError(f"tokenizer.ggml.{key} = {value} is outside the vocabulary "
+                            f"(ids 0 to {n - 1})")
         return default if default is not None and 0 <= default < n else None
     return value
 
