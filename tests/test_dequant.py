@@ -22,7 +22,7 @@ from engine.gguf import dequant as dq
 from engine.gguf.reader import open_gguf
 
 FAST_TYPES = [T.F32, T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0,
-              T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K]
+              T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.MXFP4]
 # Every other type gguf-py can dequantize goes through gguf-py itself.
 FALLBACK_TYPES = [t for t in quants._type_traits if t not in FAST_TYPES]
 # Byte offsets of the f16 scale fields in one block (ggml-common.h); random bytes there are

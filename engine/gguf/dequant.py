@@ -5,10 +5,10 @@ ggml stores a tensor as rows of ne[0] values; each row is a run of fixed-size bl
 just `[n_blocks, type_size]` bytes and the i-th block decodes to values
 `[i * block_size, (i + 1) * block_size)` of the flattened tensor.
 
-The common types (float, Q4_0..Q8_0, Q2_K..Q6_K) are decoded here with vectorised torch ops
+The common types (float, Q4_0..Q8_0, Q2_K..Q6_K, MXFP4) are decoded here with vectorised torch ops
 that mirror gguf-py's numpy code step by step, including the float32 order of operations
 (`d * sc` first, then `* q`, then `- dmin * m`), so results match `gguf.quants.dequantize`
-bit for bit. Every other type gguf-py knows (IQ*, TQ*, MXFP4, ...) goes through gguf-py itself.
+bit for bit. Every other type gguf-py knows (IQ*, TQ*, NVFP4, ...) goes through gguf-py itself.
 
 Work is done in chunks of blocks: the bytes of one chunk are copied out of the read-only
 memory map into a reusable torch buffer (no non-writable-buffer warnings, no full copy of
@@ -228,6 +228,26 @@ def _q6_k(b: torch.Tensor, out: torch.Tensor) -> None:
     torch.mul(dl, q.float(), out=out.view(n, 16, 16))
 
 
+# MXFP4's E2M1 values, doubled (gguf-py's `kvalues`); the block scale is halved to match.
+_E2M1_X2 = torch.tensor([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12],
+                        dtype=torch.float32)
+# byte -> (value of its low nibble, value of its high nibble): one gather per byte
+_E2M1_X2_PAIRS = torch.stack((_E2M1_X2.repeat(16), _E2M1_X2.repeat_interleave(16)), dim=1)
+_E8M0_SUBNORMAL = torch.tensor(0x00200000, dtype=torch.int32)
+
+
+def _mxfp4(b: torch.Tensor, out: torch.Tensor) -> None:
+    # e: E8M0 exponent | qs: 16 bytes of 4-bit E2M1 codes, value j < 16 low nibble of qs[j],
+    # j >= 16 high nibble (as Q4_0)
+    n = b.shape[0]
+    e = b[:, :1].to(torch.int32)                                 # [n, 1]
+    # ggml_e8m0_to_fp32_half: 2^(e - 128) as float32 bits (subnormal for e < 2)
+    bits = torch.where(e < 2, _E8M0_SUBNORMAL << e, (e - 1) << 23)
+    d = bits.view(torch.float32).view(n, 1, 1)
+    v = _E2M1_X2_PAIRS[b[:, 1:].long()]                          # [n, 16, 2] (low, high)
+    torch.mul(d, v.transpose(1, 2), out=out.view(n, 2, 16))
+
+
 _T = GGMLQuantizationType
 _KERNELS: dict[int, Kernel] = {
     _T.F32: _plain(torch.float32), _T.F16: _plain(torch.float16), _T.BF16: _bf16,
@@ -235,6 +255,7 @@ _KERNELS: dict[int, Kernel] = {
     _T.I32: _plain(torch.int32), _T.I64: _plain(torch.int64),
     _T.Q4_0: _q4_0, _T.Q4_1: _q4_1, _T.Q5_0: _q5_0, _T.Q5_1: _q5_1, _T.Q8_0: _q8_0,
     _T.Q2_K: _q2_k, _T.Q3_K: _q3_k, _T.Q4_K: _q4_k, _T.Q5_K: _q5_k, _T.Q6_K: _q6_k,
+    _T.MXFP4: _mxfp4,
 }
 
 

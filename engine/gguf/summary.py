@@ -17,6 +17,15 @@ from engine.gguf.reader import GGUFFile
 # Tensors that hold routed experts: three stacked FFN matrices per MoE layer.
 _EXPERT_MARKERS = ("_exps.",)
 
+# {arch}.expert_gating_func values (gguf.ExpertGatingFuncType; 3 is llama.cpp's softmax over
+# the k selected logits) and, per arch, what llama.cpp assumes when a file leaves the key out
+_GATING = {1: "softmax", 2: "sigmoid", 3: "softmax over the top-k", 4: "sqrt(softplus)"}
+_GATING_DEFAULT = {"glm4moe": "sigmoid", "gpt-oss": "softmax over the top-k"}
+# Architectures whose llama.cpp graph fixes whether the k weights are renormalised (the others
+# read {arch}.expert_weights_norm, false when absent)
+_NORM_FIXED = {"llama": True, "qwen3moe": True, "ernie4_5-moe": True, "qwen2moe": False,
+               "olmoe": False}
+
 
 @dataclass(frozen=True)
 class QuantShare:
@@ -49,6 +58,8 @@ class ModelSummary:
     experts_total: int | None = None
     experts_used: int | None = None
     experts_shared: int | None = None
+    # MoE routing: gating, weights_norm, weights_scale, groups, groups_used, selection_bias
+    routing: dict[str, Any] = field(default_factory=dict)
     vocab_size: int | None = None
     tokenizer: str | None = None
     has_chat_template: bool = False
@@ -88,12 +99,44 @@ class ModelSummary:
         if self.experts_total:
             rows.append(("Experts (total / used / shared)",
                          f"{self.experts_total} / {self.experts_used or '?'} / {self.experts_shared or 0}"))
+            rows.extend(_routing_rows(self.routing))
         if self.vocab_size is not None:
             rows.append(("Vocabulary", str(self.vocab_size)))
         if self.tokenizer:
             rows.append(("Tokenizer", self.tokenizer))
         rows.append(("Chat template", "yes" if self.has_chat_template else "none"))
         return rows
+
+
+def _routing_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
+    """How the router picks and weighs experts: the rows under the expert counts."""
+    if not r:
+        return []
+    weights = "renormalised to sum 1" if r.get("weights_norm") else "as scored"
+    scale = r.get("weights_scale")
+    if scale not in (None, 0, 0.0, 1, 1.0):
+        weights += f", scaled x{scale:g}"
+    rows = [("Expert gating", str(r.get("gating", "?"))), ("Expert weights", weights)]
+    if (r.get("groups") or 0) > 1:
+        rows.append(("Expert groups", f"{r['groups']}, best {r.get('groups_used') or '?'} used"))
+    rows.append(("Selection bias", "yes (ranks experts, not their weights)"
+                 if r.get("selection_bias") else "none"))
+    return rows
+
+
+def _routing(gf: GGUFFile, arch: str, get) -> dict[str, Any]:
+    """Routing hyperparameters of an MoE file, with llama.cpp's per-arch defaults."""
+    gating = get("expert_gating_func")
+    norm = get("expert_weights_norm")
+    return {
+        "gating": _GATING.get(gating, f"type {gating}") if gating else
+        _GATING_DEFAULT.get(arch, "softmax"),
+        "weights_norm": bool(_NORM_FIXED.get(arch, norm or False)),
+        "weights_scale": get("expert_weights_scale"),
+        "groups": get("expert_group_count"),
+        "groups_used": get("expert_group_used_count"),
+        "selection_bias": any(t.name.endswith(".exp_probs_b.bias") for t in gf.tensors),
+    }
 
 
 def _pair(a: int | None, b: int | None) -> str | None:
@@ -206,6 +249,7 @@ def summarize(gf: GGUFFile) -> ModelSummary:
         experts_total=experts_total,
         experts_used=experts_used,
         experts_shared=get("expert_shared_count"),
+        routing=_routing(gf, arch, get) if experts_total else {},
         vocab_size=vocab,
         tokenizer=tokenizer,
         has_chat_template="tokenizer.chat_template" in md,
