@@ -93,13 +93,13 @@ def run_bench(path: str | Path, n_prompt: int = 512, n_gen: int = 128, threads: 
               reps: int = 3, progress: Callable[[str], None] | None = None) -> BenchResult:
     from engine import kernels
     from engine.generate import trim_heap
-    from engine.models.base import ARCH_MODULES, load_model
+    from engine.models.base import ARCH_MODULES, EXPERT_ARCH_MODULES, load_model
     from engine.threads import default_threads
 
     # Code is not model memory: load the compiled kernels (like `import llama_cpp` loads its
     # library) and the architecture modules before the baseline RSS is taken.
     kernels.load()
-    for module in set(ARCH_MODULES.values()):
+    for module in set(ARCH_MODULES.values()) | set(EXPERT_ARCH_MODULES.values()):
         __import__(module)
 
     threads = threads or default_threads()
@@ -133,4 +133,81 @@ def run_bench(path: str | Path, n_prompt: int = 512, n_gen: int = 128, threads: 
         gc.collect()
         trim_heap()  # the next rep's load starts from the memory the first one found
     result.peak_rss_mb = peak_rss_mb()
+    return result
+
+
+# ----------------------------------------------------------------------------- --inspect
+
+@dataclass
+class InspectBenchResult:
+    """Decode speed with a `LiveTrace` recording (attention + routing) against without."""
+
+    model: str
+    threads: int
+    n_prompt: int
+    n_gen: int
+    plain_tok_s: list[float] = field(default_factory=list)
+    live_tok_s: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        plain, live = statistics.median(self.plain_tok_s), statistics.median(self.live_tok_s)
+        return {"model": self.model, "threads": self.threads, "n_prompt": self.n_prompt,
+                "n_gen": self.n_gen, "reps": len(self.plain_tok_s),
+                "plain_gen_tok_s": round(plain, 4), "live_gen_tok_s": round(live, 4),
+                "plain_gen_tok_s_all": [round(v, 4) for v in self.plain_tok_s],
+                "live_gen_tok_s_all": [round(v, 4) for v in self.live_tok_s],
+                # the median of per-pair ratios: each pair ran back to back, so slow phases of
+                # a shared machine hit both sides of a pair alike
+                "live_ratio": round(statistics.median(
+                    lv / pl for lv, pl in zip(self.live_tok_s, self.plain_tok_s)), 4)}
+
+
+def run_inspect_bench(path: str | Path, n_prompt: int = 512, n_gen: int = 128,
+                      threads: int | None = None, reps: int = 3,
+                      progress: Callable[[str], None] | None = None) -> InspectBenchResult:
+    """One load and one prompt; then `reps` pairs of `n_gen`-token greedy decodes from the
+    same position, one plain and one feeding a LiveTrace (which pair member runs first
+    alternates), as generate() would with `trace=live.recorder`."""
+    from engine import kernels
+    from engine.generate import prefill
+    from engine.models.base import load_model
+    from engine.threads import default_threads
+    from engine.trace import LiveTrace
+
+    if n_prompt < 1 or n_gen < 1:
+        from engine.errors import LLMLensError
+
+        raise LLMLensError(f"--inspect needs at least 1 prompt and 1 generated token "
+                           f"(got -p {n_prompt} -n {n_gen})")
+    kernels.load()
+    threads = threads or default_threads()
+    torch.set_num_threads(threads)
+    path = Path(path)
+    n_ctx = n_prompt + n_gen + 8
+    model = load_model(path, n_ctx=n_ctx, threads=threads)
+    live = LiveTrace(model.config.n_layer)
+    result = InspectBenchResult(model=str(path), threads=threads, n_prompt=n_prompt, n_gen=n_gen)
+    cache = model.new_cache(n_ctx)
+    ids = bench_prompt_ids(n_prompt, model.n_vocab, getattr(model, "bos_id", None))
+    with torch.inference_mode():
+        first = torch.argmax(prefill(model, ids, cache, trace=live.recorder)[-1]).reshape(1)
+
+        def decode(trace, n: int) -> float:
+            token = first
+            t0 = time.perf_counter()
+            for pos in range(n_prompt, n_prompt + n):
+                logits = model.forward(token, cache, pos, trace, all_logits=False)
+                token = torch.argmax(logits[-1]).reshape(1)
+            return n / (time.perf_counter() - t0)
+
+        decode(None, min(8, n_gen))  # warm-up: first-call allocations, kernel dispatch caches
+        decode(live.recorder, min(8, n_gen))
+        for rep in range(reps):
+            order = (None, live.recorder) if rep % 2 == 0 else (live.recorder, None)
+            speeds = {id(trace): decode(trace, n_gen) for trace in order}
+            result.plain_tok_s.append(speeds[id(None)])
+            result.live_tok_s.append(speeds[id(live.recorder)])
+            if progress:
+                progress(f"rep {rep + 1}/{reps}: decode plain {result.plain_tok_s[-1]:.1f} tok/s, "
+                         f"live trace {result.live_tok_s[-1]:.1f} tok/s")
     return result
