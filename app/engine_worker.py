@@ -6,13 +6,18 @@ arrival order and never interleave. The worker answers with signals (also queued
 GUI thread), each carrying the request id and plain data only:
 
     loadStarted(id, path)    loadProgress(id, percent)  # at most ~20 per second
+    loadMessage(id, text)                               # "Preparing CPU kernels (first run)…"
     modelLoaded(id, info)    loadFailed(id, message)    loadCancelled(id)
     promptReady(id, text, ids, spans)                   # the exact prompt, before generation
     promptDone(id, {n_tokens, seconds, tok_s})
     tokens(id, [TokenRecord, ...])                      # batched: at most one emit per ~40 ms
     finished(id, {reason, text, timings})               failed(id, message)
     preview(id, text, ids, spans)                       # prompt preview, no generation
-    snapshot(id, kind, payload)                         # open-ended: attention / routing later
+    decoded(id, text, spans)                            # a stored prompt's text, token by token
+    inspected(id, InspectResult)                        # one teacher-forced inspection pass
+
+A generation may carry a `LiveTrace` (engine/trace.py) that the GUI polls on a timer for the
+newest token's attention and the routing so far: large arrays never travel per token.
 
 Cancellation is a thread-safe flag per request that `generate()`'s `should_stop` polls between
 tokens, so Stop takes effect within one token. `load_model` polls the same flag before every
@@ -29,78 +34,39 @@ import math
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psutil
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
+from app.inspect_views import InspectRequest, InspectResult, inspection_views
+from app.prompting import PromptRequest, build_prompt, decode_spans  # noqa: F401 (re-exported)
+from app.reply_tokens import TokenRecord
+
 BATCH_SECONDS = 0.04  # token batches reach the GUI at most ~25 times a second
 PROGRESS_SECONDS = 0.05  # load progress reaches the GUI at most ~20 times a second
 
 
-@dataclass(frozen=True)
-class TokenRecord:
-    """One generated token as the GUI sees it (a plain copy of `engine.generate.Token`)."""
-    index: int
-    id: int
-    text: str
-    prob: float
-    top: tuple[tuple[int, str, float], ...]
-    seconds: float
+def memory_estimate(path: str | Path, n_ctx: int | None = None):
+    """(`engine.models.base.MemoryEstimate` of the model at `path`, bytes available now).
 
-
-@dataclass(frozen=True)
-class PromptRequest:
-    """What to send to the model: the conversation, the mode and the sampling settings."""
-    mode: str  # "chat": through the chat template; "complete": raw text continuation
-    system_prompt: str
-    messages: tuple[tuple[str, str], ...]  # (role, content), roles "user" | "assistant"
-    params: dict[str, Any] = field(default_factory=dict)  # SamplingParams fields
-    max_new_tokens: int = 256
-    threads: int = 0  # 0: the engine's default (all physical cores)
-
-
-def memory_estimate(path: str | Path, n_ctx: int | None = None) -> tuple[int, int]:
-    """(bytes the model would need once loaded, bytes available now), from the GGUF header.
-
-    With the fused kernels the engine keeps weights in their packed GGUF form (about the file's
-    tensor bytes); without them (or in exact mode) it dequantizes matrices to float32, while the
-    token embedding stays in the file unless the output head is tied to it. Add the KV cache
-    preallocated for `n_ctx` positions (the engine's default when None).
+    From the GGUF header alone: weights as the engine will hold them (packed in the file's
+    encoding with the fused kernels, float32 without) plus the KV cache for `n_ctx` positions
+    (the engine's default when None).
     """
-    from engine import kernels
     from engine.gguf.reader import open_gguf
-    from engine.linear import exact_mode
-    from engine.models.base import DEFAULT_N_CTX
+    from engine.models.base import estimate_memory
 
-    packed = not exact_mode() and kernels.available()
     with open_gguf(path) as gf:
-        if packed:
-            weights = sum(t.n_bytes for t in gf.tensors)
-        else:
-            tied = not gf.has_tensor("output.weight")
-            weights = 4 * sum(t.n_elements for t in gf.tensors
-                              if t.name != "token_embd.weight" or tied)
-        md, arch = gf.metadata, gf.architecture
-
-        def key(name: str, default: int) -> int:
-            value = md.get(f"{arch}.{name}", default)
-            return int(max(value) if hasattr(value, "__len__") else value)  # per-layer arrays
-
-        n_layers, n_embd = key("block_count", 0), key("embedding_length", 0)
-        n_head = key("attention.head_count", 1) or 1
-        n_kv = key("attention.head_count_kv", n_head) or n_head
-        head_k = key("attention.key_length", n_embd // n_head)
-        head_v = key("attention.value_length", head_k)
-        ctx = n_ctx or min(key("context_length", DEFAULT_N_CTX), DEFAULT_N_CTX)
-    kv = n_layers * n_kv * (head_k + head_v) * 4 * ctx
-    return weights + kv, psutil.virtual_memory().available
+        estimate = estimate_memory(gf, n_ctx)
+    return estimate, psutil.virtual_memory().available
 
 
 def model_info(model, tokenizer, path: Path, load_seconds: float) -> dict[str, Any]:
     """Plain facts about a loaded model for the status bar and the chat view."""
+    from app.inspect_views import facts
+
     gf = model.gguf
     md = gf.metadata
     by_type: dict[str, int] = {}
@@ -127,52 +93,13 @@ def model_info(model, tokenizer, path: Path, load_seconds: float) -> dict[str, A
         "n_vocab": model.n_vocab,
         "has_chat_template": isinstance(template, str) and bool(template.strip()),
         "load_seconds": load_seconds,
+        # what the inspection panels need to lay out their axes
+        "n_layer": model.config.n_layer,
+        "n_head": model.config.n_head,
+        **facts(model),  # layer kinds, windows, kv heads, MoE layers, router (with groups)
+        "cache_bytes_per_token": int(model.cache_bytes_per_token),
+        "cache_bytes": int(model.cache_bytes_per_token) * model.n_ctx,
     }
-
-
-def build_prompt(tokenizer, metadata: dict[str, Any], request: PromptRequest
-                 ) -> tuple[str, list[int]]:
-    """Render `request` into the exact text and token ids the model will see.
-
-    Chat mode renders the model's chat template (or the engine's fallback for its architecture
-    when the file has none); Complete mode concatenates the messages as raw text. BOS is added
-    by the tokenizer unless the rendered template already starts with it.
-    """
-    if request.mode == "complete":
-        text = "".join(content for _, content in request.messages)
-        return text, tokenizer.encode(text, add_special=True, parse_special=True)
-
-    from engine.chat_template import render_chat
-
-    messages = []
-    if request.system_prompt.strip():
-        messages.append({"role": "system", "content": request.system_prompt})
-    messages += [{"role": r, "content": c} for r, c in request.messages]
-    # The file's own template, or the engine's fallback for its architecture when it has none;
-    # bos_token/eos_token default to the file's special tokens.
-    text = render_chat(metadata, messages, add_generation_prompt=True)
-    bos = tokenizer.token_text(tokenizer.bos_id) if tokenizer.bos_id is not None else ""
-    has_bos = bool(bos) and text.startswith(bos)
-    return text, tokenizer.encode(text, add_special=not has_bos, parse_special=True)
-
-
-def decode_spans(tokenizer, ids: list[int]) -> tuple[str, list[tuple[int, int]]]:
-    """The text the model sees for `ids` (special tokens shown) and each token's [start, end).
-
-    Streaming the decode keeps multi-byte characters split across tokens whole: the token that
-    completes a character owns it, the ones before it get an empty span.
-    """
-    dec = tokenizer.stream_decoder(skip_special=False)
-    text, spans = "", []
-    for i in ids:
-        start = len(text)
-        text += dec.feed(int(i))
-        spans.append((start, len(text)))
-    tail = dec.flush()
-    if tail and spans:
-        text += tail
-        spans[-1] = (spans[-1][0], len(text))
-    return text, spans
 
 
 class EngineWorker(QObject):
@@ -180,6 +107,7 @@ class EngineWorker(QObject):
 
     loadStarted = Signal(int, str)
     loadProgress = Signal(int, int)  # (request id, percent 0-100)
+    loadMessage = Signal(int, str)  # a step before the weights: building the kernels
     modelLoaded = Signal(int, dict)
     loadFailed = Signal(int, str)
     loadCancelled = Signal(int)
@@ -189,7 +117,8 @@ class EngineWorker(QObject):
     finished = Signal(int, dict)
     failed = Signal(int, str)
     preview = Signal(int, str, object, object)
-    snapshot = Signal(int, str, object)  # (request id, kind, payload): for inspection panels
+    decoded = Signal(int, str, object)
+    inspected = Signal(int, object)  # (request id, InspectResult)
 
     def __init__(self) -> None:
         super().__init__()
@@ -227,12 +156,17 @@ class EngineWorker(QObject):
                 return
             resolved = resolve_model_path(path or None)
             self.loadStarted.emit(request_id, str(resolved))
+            from engine import kernels
+
+            # The first run compiles the fused kernels (a minute or more): say so, then load.
+            kernels.load(on_progress=lambda text: self.loadMessage.emit(request_id, text))
             need, available = memory_estimate(resolved, n_ctx or None)
-            if need > available:
+            if need.total_bytes > available:
                 raise ModelTooLargeError(
-                    f"{resolved.name} needs about {need / 2**30:.1f} GiB once loaded "
-                    f"(float32 weights + KV cache), but only {available / 2**30:.1f} GiB "
-                    f"of memory is available")
+                    f"{resolved.name} needs about {need.total_bytes / 2**30:.1f} GiB once loaded "
+                    f"({need.representation} weights {need.weights_bytes / 2**30:.1f} GiB + "
+                    f"KV cache {need.cache_bytes / 2**30:.1f} GiB for {need.n_ctx} tokens), "
+                    f"but only {available / 2**30:.1f} GiB of memory is available")
             t0 = time.perf_counter()
             try:
                 model = load_model(resolved, n_ctx=n_ctx or None, threads=threads or None,
@@ -280,17 +214,56 @@ class EngineWorker(QObject):
             self.failed.emit(request_id, _message(exc))
 
     @Slot(int, object)
-    def generate(self, request_id: int, request: PromptRequest) -> None:
-        """Generate a reply to `request`, streaming token batches; ends with finished or failed."""
+    def decode(self, request_id: int, ids: list[int]) -> None:
+        """The text of `ids` with each token's span (a stored prompt, for the inspection panels)."""
+        if self.model is None:
+            self.failed.emit(request_id, "no model loaded")
+            return
         try:
-            self._generate(request_id, request)
+            if any(not 0 <= int(i) < self.model.n_vocab for i in ids):
+                raise ValueError("the stored tokens are not from this model's vocabulary")
+            text, spans = decode_spans(self.tokenizer, list(ids))
+            self.decoded.emit(request_id, text, spans)
+        except Exception as exc:  # noqa: BLE001
+            self.failed.emit(request_id, _message(exc))
+
+    @Slot(int, object)
+    def inspect(self, request_id: int, request: InspectRequest) -> None:
+        """One teacher-forced pass over `request.ids`; answers once with `inspected` (or
+        `failed`). A request cancelled while queued (superseded) is skipped silently."""
+        try:
+            if self.is_cancelled(request_id):
+                return
+            if self.model is None:
+                raise RuntimeError("no model loaded")
+            from engine.inspect import InspectCancelled
+
+            try:
+                result = inspection_views(self.model, self.tokenizer, request,
+                                          should_stop=lambda: self.is_cancelled(request_id))
+            except InspectCancelled:
+                return
+            self.inspected.emit(request_id, result)
         except Exception as exc:  # noqa: BLE001
             self.failed.emit(request_id, _message(exc))
         finally:
             with self._lock:
                 self._cancelled.discard(request_id)
 
-    def _generate(self, request_id: int, request: PromptRequest) -> None:
+    @Slot(int, object, object)
+    def generate(self, request_id: int, request: PromptRequest, trace=None) -> None:
+        """Generate a reply to `request`, streaming token batches; ends with finished or failed.
+
+        `trace`: an `engine.trace.LiveTrace` to record into (None: record nothing, no cost)."""
+        try:
+            self._generate(request_id, request, trace)
+        except Exception as exc:  # noqa: BLE001
+            self.failed.emit(request_id, _message(exc))
+        finally:
+            with self._lock:
+                self._cancelled.discard(request_id)
+
+    def _generate(self, request_id: int, request: PromptRequest, trace) -> None:
         from engine.generate import Done, PromptDone, Token, generate
         from engine.sampling import SamplingParams
         from engine.threads import set_threads
@@ -309,7 +282,8 @@ class EngineWorker(QObject):
         if self.cache is None:
             self.cache = model.new_cache()  # reused: no 100 MB allocation per reply
         events = generate(model, tok, ids, params, max_new_tokens=max_new,
-                          should_stop=lambda: self.is_cancelled(request_id), cache=self.cache)
+                          should_stop=lambda: self.is_cancelled(request_id), cache=self.cache,
+                          trace=trace.recorder if trace is not None else None)
         for ev in events:
             if isinstance(ev, Token):
                 batch.append(TokenRecord(ev.index, ev.id, ev.text, float(ev.prob),
@@ -339,10 +313,12 @@ def _timings_dict(t) -> dict[str, Any]:
     out = {}
     for name in ("prompt_tokens", "prompt_tok_s", "ttft_s", "gen_tokens", "gen_tok_s",
                  "cache_bytes_per_token"):
-        value = getattr(t, name, None)
+        value = getattr(t, name)
         if isinstance(value, float) and not math.isfinite(value):
             value = None
         out[name] = value
+    # each token's time, for the throughput panel's history (a few bytes a token in the store)
+    out["per_token_s"] = [round(float(x), 6) for x in t.per_token_s]
     return out
 
 
@@ -361,8 +337,10 @@ class EngineHost(QObject):
     """GUI-thread handle on the worker: starts its thread and sends it requests by signal."""
 
     _load = Signal(int, str, int, int)
-    _generate = Signal(int, object)
+    _generate = Signal(int, object, object)
     _preview = Signal(int, object)
+    _decode = Signal(int, object)
+    _inspect = Signal(int, object)
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -375,6 +353,8 @@ class EngineHost(QObject):
         self._load.connect(self.worker.load)
         self._generate.connect(self.worker.generate)
         self._preview.connect(self.worker.make_preview)
+        self._decode.connect(self.worker.decode)
+        self._inspect.connect(self.worker.inspect)
         self.thread.start()
 
     def _new_id(self) -> int:
@@ -386,9 +366,21 @@ class EngineHost(QObject):
         self._load.emit(rid, path, n_ctx, threads)
         return rid
 
-    def generate(self, request: PromptRequest) -> int:
+    def generate(self, request: PromptRequest, trace=None) -> int:
+        """Start a reply; `trace` is an optional `engine.trace.LiveTrace` the GUI polls."""
         rid = self._new_id()
-        self._generate.emit(rid, request)
+        self._generate.emit(rid, request, trace)
+        return rid
+
+    def decode(self, ids: list[int]) -> int:
+        rid = self._new_id()
+        self._decode.emit(rid, list(ids))
+        return rid
+
+    def inspect(self, request: InspectRequest) -> int:
+        """Queue an inspection pass; cancel() a superseded one (it is then skipped)."""
+        rid = self._new_id()
+        self._inspect.emit(rid, request)
         return rid
 
     def preview(self, request: PromptRequest) -> int:

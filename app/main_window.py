@@ -42,16 +42,14 @@ def _summary_rows(gf: GGUFFile) -> list[tuple[str, Any]]:
         summary = summarize(gf)
     except Exception as exc:  # noqa: BLE001 - a summary bug must not hide the rest of the file
         return [("Summary", f"unavailable: {exc}")]
-    if hasattr(summary, "display_rows"):
-        return list(summary.display_rows())
-    return list(summary.as_dict().items())
+    return list(summary.display_rows())
 
 
 def load_file(path: str | os.PathLike) -> LoadedFile:
     """Open and summarise a GGUF file (worker thread). Raises GGUFError for bad files."""
     gf = open_gguf(path)
     try:
-        from ui.browser.format import human_bytes
+        from ui.format import human_bytes
 
         title = str(gf.metadata.get("general.name") or gf.path.name)
         subtitle = (f"{gf.path}  ·  GGUF v{gf.version}  ·  {human_bytes(gf.file_size)}  ·  "
@@ -204,10 +202,12 @@ class LensApp(QObject):
         self.window.add_panel("Browser", self.browser, select=True)
         self.browser_controller = BrowserController(self.browser, self)
         self.current: LoadedFile | None = None
+        self.chat = None  # the ChatController, when app.gui installs the chat tab
         self.open_worker: Worker | None = None
         self._show_on_load = True
         self.window.open_requested.connect(self.open_path)
         self.window.open_default_requested.connect(self.open_default)
+        self.window.open_demo_requested.connect(self.open_demo)
         self.window.clear_recent_requested.connect(self._clear_recent)
         self.window.task.cancel_requested.connect(self.cancel_open)
         self.window.closing.connect(self.shutdown)
@@ -225,6 +225,19 @@ class LensApp(QObject):
 
     def open_default(self, *, show: bool = True) -> Worker:
         return self._open(load_default_file, "the default model", show=show)
+
+    def open_demo(self, *, show: bool = True) -> Worker | None:
+        """The shipped demo MoE: browse it, and chat with it so the routing panels have experts."""
+        from engine.default_model import demo_moe_path
+
+        try:
+            path = demo_moe_path()
+        except LLMLensError as exc:
+            self.window.show_error(str(exc))
+            return None
+        if self.chat is not None:
+            self.chat.load_model(str(path))
+        return self.open_path(path, show=show and self.chat is None)
 
     def _open(self, job, label: str, *args, show: bool = True) -> Worker:
         self.cancel_open()

@@ -7,16 +7,9 @@ from typing import Any
 
 import numpy as np
 
+from ui.format import human_bytes  # noqa: F401  (the app's one byte formatter, re-exported)
+
 _ESCAPES = str.maketrans({"\n": "\\n", "\r": "\\r", "\t": "\\t", "\0": "\\0"})
-
-
-def human_bytes(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{int(value)} B" if unit == "B" else f"{value:.2f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 def shape_text(shape: tuple[int, ...]) -> str:

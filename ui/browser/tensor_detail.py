@@ -17,23 +17,14 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QGridLayout, QHBoxLayout, Q
                                QVBoxLayout, QWidget)
 
 from ui.browser.format import human_bytes, shape_text, stat_text
+from ui.widgets.heatmap import HeatmapPlot
+from ui.widgets.heatmap import style_plot as _style_plot
 
 SLICE_ROWS = 256  # rows shown unpooled in "Rows" mode
 MAX_BOUNDARY_LINES = 64  # expert/slab separators drawn on stacked 3-D tensors
 
 STAT_LABELS = (("min", "Min"), ("max", "Max"), ("mean", "Mean"), ("std", "Std"),
                ("zeros", "Zeros"), ("non-finite", "Non-finite"))
-
-
-def _style_plot(plot: pg.PlotItem, widget: QWidget) -> None:
-    """Plot colours from the widget palette, so light and dark themes both look native."""
-    pal = widget.palette()
-    fg = pal.color(QPalette.WindowText)
-    for name in ("left", "bottom", "right", "top"):
-        axis = plot.getAxis(name)
-        axis.setPen(pg.mkPen(fg))
-        axis.setTextPen(pg.mkPen(fg))
-    plot.showGrid(x=True, y=True, alpha=0.15)
 
 
 def _accent(widget: QWidget) -> QColor:
@@ -114,22 +105,11 @@ class TensorDetailView(QWidget):
         self.hist_plot.addItem(self.hist_curve)
 
         # Heatmap of the 2-D view (pooled), or a line for 1-D tensors.
-        self.map_widget = pg.GraphicsLayoutWidget()
-        self.map_widget.setBackground(self.palette().color(QPalette.Base))
-        self.map_plot = self.map_widget.addPlot()
-        _style_plot(self.map_plot, self)
-        self.map_plot.showGrid(x=False, y=False)
-        self.map_plot.invertY(True)
-        self.map_plot.setLabel("bottom", "column (input dim)")
-        self.map_plot.setLabel("left", "row")
-        self.image = pg.ImageItem(axisOrder="row-major")
-        self.map_plot.addItem(self.image)
-        self.colorbar = pg.ColorBarItem(values=(-1, 1), colorMap=pg.colormap.get("CET-D1"),
-                                        width=14, interactive=False)
-        self.colorbar.setImageItem(self.image, insert_in=self.map_plot)
-        fg = self.palette().color(QPalette.WindowText)
-        self.colorbar.axis.setPen(pg.mkPen(fg))
-        self.colorbar.axis.setTextPen(pg.mkPen(fg))
+        self.map_widget = HeatmapPlot(colormap="CET-D1")
+        self.map_widget.set_titles(x="column (input dim)", y="row")
+        self.map_plot = self.map_widget.plot
+        self.image = self.map_widget.image
+        self.colorbar = self.map_widget.colorbar
         self.line_widget = pg.PlotWidget(background=self.palette().color(QPalette.Base))
         self.line_plot = self.line_widget.getPlotItem()
         _style_plot(self.line_plot, self)
@@ -337,11 +317,7 @@ class TensorDetailView(QWidget):
         # the rest; values beyond the level saturate.
         level = float(np.percentile(finite, 99.5)) if finite.size else 1.0
         level = level if level > 0 else (float(finite.max()) if finite.size and finite.max() > 0 else 1.0)
-        self.image.setImage(img, autoLevels=False)
-        self.colorbar.setLevels((-level, level))
-        self.image.setRect(rect)
-        self.map_plot.enableAutoRange()
-        self.map_plot.autoRange(padding=0)
+        self.map_widget.set_image(img, rect, levels=(-level, level))
 
     def _clear_boundaries(self) -> None:
         for line in self._boundaries:

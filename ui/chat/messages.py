@@ -4,16 +4,21 @@
 Copy, Edit (user messages) and Regenerate (the last reply). `MessageList` stacks them in a
 scroll area that follows the bottom while a reply streams, unless the user scrolled up.
 Only plain data comes in (role, text, a stats line); the widgets know nothing of the engine.
+
+Tokens: a click in a message's text emits `positionClicked(message, offset)` with `offset` a
+character offset into the message's source text (not the rendered document: Markdown drops
+and adds characters), and `set_highlight(start, end)` marks a source range, so the app can
+map both to tokens. `SourceMap` aligns the rendered document with the source text.
 """
 
 from __future__ import annotations
 
-from PySide6.QtCore import QSize, Qt, QTimer, Signal
-from PySide6.QtGui import QGuiApplication, QPalette
+from PySide6.QtCore import QEvent, QPoint, QSize, Qt, QTimer, Signal
+from PySide6.QtGui import QGuiApplication, QPalette, QTextCharFormat, QTextCursor, QTextDocument
 from PySide6.QtWidgets import (QFrame, QHBoxLayout, QLabel, QScrollArea, QSizePolicy,
-                               QTextBrowser, QToolButton, QVBoxLayout, QWidget)
+                               QTextBrowser, QTextEdit, QToolButton, QVBoxLayout, QWidget)
 
-from ui.chat.markdown_render import document_css, render_markdown, render_plain
+from ui.chat.markdown_render import MarkdownView, document_css, render_plain
 from ui.chat.theme import is_dark, mix, palette_watcher
 
 ROLE_LABELS = {
@@ -44,11 +49,56 @@ class MessageBody(QTextBrowser):
 
     def resizeEvent(self, event) -> None:  # noqa: N802 - Qt override
         super().resizeEvent(event)
-        self.document().setTextWidth(self.viewport().width())
+        if self.document().textWidth() != self.viewport().width():  # it relayouts everything
+            self.document().setTextWidth(self.viewport().width())
         self._fit()
 
     def sizeHint(self) -> QSize:  # noqa: N802
         return QSize(200, int(self.document().size().height()) + 2)
+
+
+class SourceMap:
+    """Character positions between a message's source text and its rendered QTextDocument.
+
+    The document's characters are read fragment by fragment with their positions (tables and
+    code frames add positions that hold no character). Each rendered character is then matched
+    to the next equal source character within LOOKAHEAD: rendering only drops characters
+    (Markdown syntax, a link's URL) or adds block breaks, so one linear pass aligns them. A
+    source character the rendering dropped maps to the next rendered one.
+    """
+
+    LOOKAHEAD = 256  # longer than a link's URL or a table row's syntax
+
+    def __init__(self, source: str, doc: QTextDocument) -> None:
+        self._doc_of = [-1] * len(source)  # source offset -> document position (-1: dropped)
+        self._source_of: dict[int, int] = {}
+        i = 0
+        block = doc.begin()
+        while block.isValid():
+            it = block.begin()
+            while not it.atEnd():
+                frag = it.fragment()
+                # Line breaks and pre-formatted spaces come back as U+2028 and U+00A0.
+                text = frag.text().replace("\u2028", "\n").replace("\u00a0", " ")
+                for k, ch in enumerate(text):
+                    at = source.find(ch, i, i + self.LOOKAHEAD)
+                    if at >= 0:
+                        self._doc_of[at] = frag.position() + k
+                        self._source_of[frag.position() + k] = at
+                        i = at + 1
+                it += 1
+            block = block.next()  # block breaks are the document's own: never matched
+
+    def to_doc(self, offset: int) -> int | None:
+        """Document position of source character `offset` (or of the next one rendered)."""
+        for k in range(max(0, offset), len(self._doc_of)):
+            if self._doc_of[k] >= 0:
+                return self._doc_of[k]
+        return None
+
+    def to_source(self, position: int) -> int | None:
+        """Source offset of the character at document `position`; None off the text."""
+        return self._source_of.get(position)
 
 
 class MessageWidget(QFrame):
@@ -57,6 +107,7 @@ class MessageWidget(QFrame):
     copyRequested = Signal(int)
     editRequested = Signal(int)
     regenerateRequested = Signal(int)
+    positionClicked = Signal(int, int)  # (message index, character offset in the source text)
 
     def __init__(self, index: int, role: str, text: str = "", mode: str = "chat",
                  parent: QWidget | None = None) -> None:
@@ -85,11 +136,16 @@ class MessageWidget(QFrame):
         for b in (self.copy_button, self.edit_button, self.regen_button):
             header.addWidget(b)
         self.body = MessageBody(self)
+        self._markdown = MarkdownView(self.body)  # streaming appends blocks, no rebuild
         layout = QVBoxLayout(self)
         layout.setContentsMargins(12, 8, 12, 8)
         layout.setSpacing(2)
         layout.addLayout(header)
         layout.addWidget(self.body)
+        self._map: SourceMap | None = None
+        self._highlight: tuple[int, int] | None = None
+        self._press: QPoint | None = None
+        self.body.viewport().installEventFilter(self)
         self.set_mode(mode)
         self.restyle()
         palette_watcher().changed.connect(self.restyle)
@@ -111,11 +167,76 @@ class MessageWidget(QFrame):
     def set_text(self, text: str) -> None:
         self.text = text
         # Chat replies are Markdown; Complete mode is raw text, shown exactly as the model saw it.
-        html = render_markdown(text) if self.mode == "chat" else render_plain(text)
-        self.body.setHtml(html)
+        if self.mode == "chat":
+            self._markdown.show(text)
+        else:
+            self._markdown.reset()
+            self.body.setHtml(render_plain(text))
+        self._map = None  # rebuilt on demand: streaming never pays for it
+        if self._highlight is not None:
+            self._apply_highlight()
 
     def set_stats(self, text: str) -> None:
         self.stats_label.setText(text)
+
+    # -- tokens: clicks and highlight in source-text offsets ------------------------------------
+
+    def source_map(self) -> SourceMap:
+        if self._map is None:
+            self._map = SourceMap(self.text, self.body.document())
+        return self._map
+
+    def offset_at(self, pos: QPoint) -> int | None:
+        """Source offset of the character under viewport point `pos`, or None."""
+        cursor = self.body.cursorForPosition(pos)
+        p = cursor.position()
+        # cursorForPosition gives the nearest gap between characters: the character under the
+        # point is the one before the gap when the point lies left of it on the same line.
+        rect = self.body.cursorRect(cursor)
+        if p > 0 and pos.x() < rect.left() and rect.top() <= pos.y() <= rect.bottom():
+            p -= 1
+        return self.source_map().to_source(p)
+
+    def set_highlight(self, start: int | None, end: int | None = None) -> None:
+        """Mark source characters [start, end); None clears."""
+        self._highlight = None if start is None else (start, end if end is not None else start)
+        self._apply_highlight()
+
+    def highlight(self) -> tuple[int, int] | None:
+        return self._highlight
+
+    def _apply_highlight(self) -> None:
+        selections = []
+        if self._highlight is not None and self._highlight[1] > self._highlight[0]:
+            smap = self.source_map()
+            a = smap.to_doc(self._highlight[0])
+            b = smap.to_doc(self._highlight[1] - 1)
+            if a is not None and b is not None and b >= a:
+                cursor = QTextCursor(self.body.document())
+                cursor.setPosition(a)
+                cursor.setPosition(b + 1, QTextCursor.KeepAnchor)
+                sel = QTextEdit.ExtraSelection()
+                sel.cursor = cursor
+                fmt = QTextCharFormat()
+                pal = QGuiApplication.palette()
+                fmt.setBackground(mix(pal.color(QPalette.Base), pal.color(QPalette.Highlight), 0.45))
+                sel.format = fmt
+                selections.append(sel)
+        self.body.setExtraSelections(selections)
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt override
+        kind = event.type()
+        if kind == QEvent.MouseButtonPress and event.button() == Qt.LeftButton:
+            self._press = event.position().toPoint()
+        elif kind == QEvent.MouseButtonRelease and event.button() == Qt.LeftButton:
+            pos, press, self._press = event.position().toPoint(), self._press, None
+            # A click, not a drag that selects text, and not on a link.
+            if (press is not None and (pos - press).manhattanLength() < 4
+                    and not self.body.anchorAt(pos)):
+                offset = self.offset_at(pos)
+                if offset is not None:
+                    self.positionClicked.emit(self.index, offset)
+        return False
 
     def set_regenerate_visible(self, visible: bool) -> None:
         self.regen_button.setVisible(visible)
@@ -149,6 +270,7 @@ class MessageWidget(QFrame):
         self.setStyleSheet(sheet)
         self.body.document().setDefaultStyleSheet(
             document_css(code_bg.name(), text.name(), pal.color(QPalette.Link).name()))
+        self._markdown.reset()  # the new style sheet applies to a fresh render only
         self.set_text(self.text)
 
 
@@ -159,6 +281,7 @@ class MessageList(QScrollArea):
     copyRequested = Signal(int)
     editRequested = Signal(int)
     regenerateRequested = Signal(int)
+    positionClicked = Signal(int, int)  # (message index, character offset in its source text)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -200,6 +323,7 @@ class MessageList(QScrollArea):
         w.copyRequested.connect(self.copyRequested)
         w.editRequested.connect(self.editRequested)
         w.regenerateRequested.connect(self.regenerateRequested)
+        w.positionClicked.connect(self.positionClicked)
         self._layout.insertWidget(self._layout.count() - 1, w)
         self.widgets.append(w)
         self._set_placeholder()
@@ -224,6 +348,23 @@ class MessageList(QScrollArea):
     def set_busy(self, busy: bool) -> None:
         for w in self.widgets:
             w.set_actions_enabled(not busy)
+
+    def set_highlight(self, message: int | None, start: int = 0, end: int = 0,
+                      ensure_visible: bool = True) -> None:
+        """Mark [start, end) of message `message` (None: no mark anywhere)."""
+        for i, w in enumerate(self.widgets):
+            if i == message:
+                w.set_highlight(start, end)
+            elif w.highlight() is not None:
+                w.set_highlight(None)
+        if message is not None and ensure_visible and 0 <= message < len(self.widgets):
+            w = self.widgets[message]
+            pos = w.source_map().to_doc(start)
+            if pos is not None:
+                cursor = QTextCursor(w.body.document())
+                cursor.setPosition(pos)
+                y = w.body.cursorRect(cursor).center().y()
+                self.ensureVisible(0, w.body.mapTo(self._content, QPoint(0, y)).y(), 0, 40)
 
     def scroll_to_bottom(self) -> None:
         self._follow = True

@@ -1,0 +1,1 @@
+"""Inspection panels: plain widgets fed the plain data of `ui.inspect.model` by `app/`."""
