@@ -1,8 +1,10 @@
 """The main window shell: panels as tabs, menus, a message banner, a status-bar task indicator.
 
 It knows nothing about GGUF or workers. It emits `open_requested(path)` (File → Open, Open
-Recent, drag-and-drop) and the app wires that to a worker; other features plug in with
-`add_panel(name, widget)` and `menu(title)`.
+Recent, drag-and-drop) and `connect_requested()` (File → Connect to Server…), and the app
+wires them; other features plug in with
+`add_panel(name, widget)` (a tab), `add_dock(name, title, widget)` (a rearrangeable panel
+beside the tabs, listed in a View submenu) and `menu(title)`.
 """
 
 from __future__ import annotations
@@ -12,11 +14,14 @@ from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QAction, QKeySequence
-from PySide6.QtWidgets import (QFileDialog, QFrame, QHBoxLayout, QLabel, QMainWindow, QMenu,
+from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QDockWidget, QFileDialog, QFrame,
+                               QHBoxLayout, QLabel, QMainWindow, QMenu, QPlainTextEdit,
                                QProgressBar, QPushButton, QStyle, QTabWidget, QToolButton,
                                QVBoxLayout, QWidget)
 
 GGUF_FILTER = "GGUF models (*.gguf);;All files (*)"
+ABOUT_TEXT = ("LLM Lens — see inside a local language model: chat, browse GGUF files, "
+              "inspect attention and MoE routing. Pure-PyTorch CPU engine.")
 
 
 def _gguf_paths(mime) -> list[str]:
@@ -103,6 +108,8 @@ class TaskIndicator(QWidget):
 class MainWindow(QMainWindow):
     open_requested = Signal(str)  # a path the user wants to open
     open_default_requested = Signal()
+    open_demo_requested = Signal()  # the small trained MoE shipped with the app
+    connect_requested = Signal()  # File → Connect to server…: chat with a remote model
     clear_recent_requested = Signal()
     closing = Signal()  # the window is closing: stop background work
     MAX_RECENT_SHOWN = 10
@@ -121,11 +128,18 @@ class MainWindow(QMainWindow):
         lay.addWidget(self.banner)
         lay.addWidget(self.tabs, 1)
         self.setCentralWidget(central)
+        self.setDockOptions(QMainWindow.AnimatedDocks | QMainWindow.AllowNestedDocks
+                            | QMainWindow.AllowTabbedDocks)
+        self.docks: dict[str, QDockWidget] = {}
         self.task = TaskIndicator()
         self.statusBar().addPermanentWidget(self.task)
         self._menus: dict[str, QMenu] = {}
         # Replaceable in tests: returns a path or "" (the real dialog is modal by nature).
         self.ask_open_path: Callable[[], str] = self._ask_open_path
+        # Help → About's tabs as (title, plain text): the app supplies versions and licences
+        # (app/version.py), which this Qt-only module cannot look up itself.
+        self.about_sections: Callable[[], list[tuple[str, str]]] = lambda: [("About", ABOUT_TEXT)]
+        self.about_dialog: QDialog | None = None
         self._build_menus()
         self.resize(1400, 860)
 
@@ -151,6 +165,22 @@ class MainWindow(QMainWindow):
             if self.tabs.tabText(i) == name:
                 return self.tabs.widget(i)
         return None
+
+    def add_dock(self, name: str, title: str, widget: QWidget,
+                 area: Qt.DockWidgetArea = Qt.RightDockWidgetArea,
+                 menu: QMenu | None = None) -> QDockWidget:
+        """Add `widget` as a hidden dock panel named `name` (the key saveState remembers it by);
+        its show/hide action goes into `menu` (default: View)."""
+        dock = QDockWidget(title, self)
+        dock.setObjectName(f"dock-{name}")
+        dock.setWidget(widget)
+        self.addDockWidget(area, dock)
+        dock.hide()
+        action = dock.toggleViewAction()
+        action.setStatusTip(f"Show or hide the {title} panel")
+        (menu or self.view_menu).addAction(action)
+        self.docks[name] = dock
+        return dock
 
     def menu(self, title: str) -> QMenu:
         """The top-level menu titled `title` ("&File", "&View", ...), created before Help if new."""
@@ -207,6 +237,14 @@ class MainWindow(QMainWindow):
         self.open_default_action = file_menu.addAction("Open &Default Model")
         self.open_default_action.setToolTip("The built-in Gemma 3 270M (Q4_K_M)")
         self.open_default_action.triggered.connect(self.open_default_requested)
+        self.open_demo_action = file_menu.addAction("Open Demo &MoE")
+        self.open_demo_action.setToolTip("A small trained DeepSeek-V2-style mixture of experts: "
+                                         "browse it and chat with it to watch expert routing")
+        self.open_demo_action.triggered.connect(self.open_demo_requested)
+        self.connect_action = file_menu.addAction("&Connect to Server…")
+        self.connect_action.setToolTip("Chat with a model served by an OpenAI-compatible server "
+                                       "(llmlens serve, llama.cpp's llama-server, …)")
+        self.connect_action.triggered.connect(self.connect_requested)
         file_menu.addSeparator()
         quit_action = file_menu.addAction("&Quit")
         quit_action.setShortcut(QKeySequence.Quit)
@@ -226,8 +264,27 @@ class MainWindow(QMainWindow):
             self.open_requested.emit(path)
 
     def _about(self) -> None:
-        self.show_info("LLM Lens — see inside a local language model: chat, browse GGUF files, "
-                       "inspect attention and MoE routing. Pure-PyTorch CPU engine.")
+        """Help → About: one scrollable, selectable text tab per section (versions, licences)."""
+        if self.about_dialog is not None:
+            # Rebuilt each time: what it reports can change (kernels loaded, another model).
+            self.about_dialog.close()
+            self.about_dialog.deleteLater()
+        dialog = QDialog(self)
+        dialog.setWindowTitle("About LLM Lens")
+        tabs = QTabWidget()
+        for title, text in self.about_sections():
+            view = QPlainTextEdit(text)
+            view.setReadOnly(True)
+            view.setObjectName(f"about: {title}")
+            tabs.addTab(view, title)
+        buttons = QDialogButtonBox(QDialogButtonBox.Close)
+        buttons.rejected.connect(dialog.close)
+        lay = QVBoxLayout(dialog)
+        lay.addWidget(tabs)
+        lay.addWidget(buttons)
+        dialog.resize(720, 540)
+        self.about_dialog = dialog
+        dialog.open()  # window-modal without a nested event loop
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt's name
         self.closing.emit()
