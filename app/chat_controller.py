@@ -40,7 +40,7 @@ from app.conversations import Conversation, ConversationStore, Message
 from app.engine_worker import EngineHost
 from app.remote_host import RemoteHost
 from app.prompt_context import PromptContext
-from app.reply_stream import ReplyStream, stats_text
+from app.reply_stream import ReplyStream, show_reply, stats_text
 from app.reply_tokens import ConversationTokens
 from ui.chat import ChatPanel
 from ui.chat.messages import copy_to_clipboard
@@ -233,7 +233,9 @@ class ChatController(QObject):
         view = self.panel.messages
         view.clear()
         for m in self.messages:
-            view.add_message(m.role, m.content, stats_text(m))
+            w = view.add_message(m.role, m.content, stats_text(m))
+            if m.role == "assistant":
+                show_reply(w, m.content)
         view.scroll_to_bottom()
         self.conversations.refresh()
         self._apply_model_mode()

@@ -15,6 +15,7 @@ from typing import Any
 
 from app.conversations import Conversation, ConversationStore, Message
 from app.engine_worker import PromptRequest
+from app.harmony import prompt_content
 from ui.chat import ChatPanel
 
 GENERATION_DEFAULTS = {"max_new_tokens": 256, "n_ctx": 0, "threads": 0}
@@ -40,7 +41,9 @@ def prompt_request(settings: dict[str, Any], messages: list[Message]) -> PromptR
     """The engine request for a reply to `messages` with a conversation's `settings`."""
     params = {k: settings[k] for k in SAMPLING_KEYS if k in settings}
     return PromptRequest(mode=settings["mode"], system_prompt=settings["system_prompt"],
-                         messages=tuple((m.role, m.content) for m in messages),
+                         messages=tuple((m.role, prompt_content(m.content)
+                                         if m.role == "assistant" and settings["mode"] == "chat"
+                                         else m.content) for m in messages),
                          params=params, max_new_tokens=int(settings["max_new_tokens"]),
                          threads=int(settings.get("threads") or 0))
 

@@ -19,6 +19,7 @@ from PySide6.QtCore import QObject
 
 from app.conversation_settings import prompt_request
 from app.conversations import Message
+from app.harmony import split_reply
 from app.reply_tokens import TokenRecord
 from ui.status_bar import reply_stats_text
 
@@ -30,6 +31,15 @@ def stats_text(m: Message) -> str:
     if m.role != "assistant":
         return ""
     return reply_stats_text(len(m.token_ids), m.complete, m.stats)
+
+
+def show_reply(widget, text: str, streaming: bool = False) -> None:
+    """Show a reply's `text` in its message widget, its reasoning (if any) apart."""
+    s = split_reply(text, streaming)
+    if s.has_reasoning:
+        widget.set_text(text, s.reasoning, s.answer_start, s.answer_end, s.thinking)
+    else:
+        widget.set_text(text)
 
 
 class ReplyStream(QObject):
@@ -206,7 +216,7 @@ class ReplyStream(QObject):
         tokens.append(m, batch)
         n = len(m.token_ids)
         widget = self.panel.messages.widgets[-1]
-        widget.set_text(m.content)
+        show_reply(widget, m.content, streaming=True)
         elapsed = now - self._first_token_at
         rate = (n - len(batch)) / elapsed if elapsed > 0.05 else 0.0
         live = f"{n} tokens · {rate:.1f} tok/s" if rate else f"{n} tokens"
@@ -229,7 +239,7 @@ class ReplyStream(QObject):
         m.complete = True
         self.store.save_message(m)
         widget = self.panel.messages.widgets[-1]
-        widget.set_text(m.content)
+        show_reply(widget, m.content)
         widget.set_stats(stats_text(m))
         self.status.set_speed(m.stats)
         self.chat.update_ctx(len(m.prompt_ids) + len(m.token_ids))
@@ -247,6 +257,7 @@ class ReplyStream(QObject):
                 m.stats["reason"] = "error"
                 m.stats["error"] = message
                 self.store.save_message(m)
+                show_reply(self.panel.messages.widgets[-1], m.content)  # ends "Thinking…"
                 self.panel.messages.widgets[-1].set_stats(stats_text(m))
             else:  # nothing was produced: drop the empty reply
                 self.truncate(len(self.chat.messages) - 1)

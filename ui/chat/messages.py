@@ -9,6 +9,11 @@ Tokens: a click in a message's text emits `positionClicked(message, offset)` wit
 character offset into the message's source text (not the rendered document: Markdown drops
 and adds characters), and `set_highlight(start, end)` marks a source range, so the app can
 map both to tokens. `SourceMap` aligns the rendered document with the source text.
+
+Reasoning: a reply may come with a reasoning text (gpt-oss's analysis channel, a `<think>`
+block) and the slice of its source text that is the answer. The reasoning sits in a block of
+its own above the answer, collapsed behind a "Reasoning (n words) ▸" toggle ("Thinking…" while
+it streams); offsets stay offsets into the whole source text.
 """
 
 from __future__ import annotations
@@ -116,6 +121,12 @@ class MessageWidget(QFrame):
         self.role = role
         self.mode = mode
         self.text = text
+        self.reasoning: str | None = None  # None: the reply has no reasoning part
+        self._answer_start = 0
+        self._answer_end: int | None = None
+        self._thinking = False
+        self._reasoning_open = False
+        self._reasoning_shown: str | None = None  # what reasoning_body holds
         self.setObjectName(f"message-{role}")
         self.role_label = QLabel()
         self.role_label.setObjectName("role")
@@ -135,12 +146,24 @@ class MessageWidget(QFrame):
         header.addWidget(self.stats_label, 1)
         for b in (self.copy_button, self.edit_button, self.regen_button):
             header.addWidget(b)
+        self.reasoning_button = QToolButton(self)
+        self.reasoning_button.setObjectName("reasoning")
+        self.reasoning_button.setAutoRaise(True)
+        self.reasoning_button.setCursor(Qt.PointingHandCursor)
+        self.reasoning_button.setToolTip("Show or hide the model's reasoning")
+        self.reasoning_button.clicked.connect(self.toggle_reasoning)
+        self.reasoning_button.hide()
+        self.reasoning_body = MessageBody(self)
+        self.reasoning_body.setObjectName("reasoning-body")
+        self.reasoning_body.hide()
         self.body = MessageBody(self)
         self._markdown = MarkdownView(self.body)  # streaming appends blocks, no rebuild
         layout = QVBoxLayout(self)
         layout.setContentsMargins(12, 8, 12, 8)
         layout.setSpacing(2)
         layout.addLayout(header)
+        layout.addWidget(self.reasoning_button, 0, Qt.AlignLeft)
+        layout.addWidget(self.reasoning_body)
         layout.addWidget(self.body)
         self._map: SourceMap | None = None
         self._highlight: tuple[int, int] | None = None
@@ -162,19 +185,65 @@ class MessageWidget(QFrame):
     def set_mode(self, mode: str) -> None:
         self.mode = mode
         self.role_label.setText(ROLE_LABELS.get(mode, ROLE_LABELS["chat"]).get(self.role, self.role))
-        self.set_text(self.text)
+        self._render()
 
-    def set_text(self, text: str) -> None:
+    def set_text(self, text: str, reasoning: str | None = None, answer_start: int = 0,
+                 answer_end: int | None = None, thinking: bool = False) -> None:
+        """Show `text`; with `reasoning` (Chat mode only), show `reasoning` in the collapsible
+        block and `text[answer_start:answer_end]` as the answer (`thinking`: still reasoning)."""
         self.text = text
+        self.reasoning = reasoning
+        self._answer_end = answer_end
+        self._answer_start = answer_start
+        self._thinking = thinking
+        self._render()
+
+    @property
+    def text_offset(self) -> int:
+        """Where the shown text starts in `text` (the answer's start when the reasoning is
+        apart, 0 in Complete mode, which shows the raw text)."""
+        return self._answer_start if self.mode == "chat" and self.reasoning is not None else 0
+
+    def shown_text(self) -> str:
+        """The part of `text` the body shows: the answer when the reasoning is apart."""
+        if self.mode != "chat" or self.reasoning is None:
+            return self.text
+        end = len(self.text) if self._answer_end is None else self._answer_end
+        return self.text[self.text_offset:end]
+
+    def _render(self) -> None:
         # Chat replies are Markdown; Complete mode is raw text, shown exactly as the model saw it.
         if self.mode == "chat":
-            self._markdown.show(text)
+            self._markdown.show(self.shown_text())
         else:
             self._markdown.reset()
-            self.body.setHtml(render_plain(text))
+            self.body.setHtml(render_plain(self.text))
+        self._render_reasoning()
         self._map = None  # rebuilt on demand: streaming never pays for it
         if self._highlight is not None:
             self._apply_highlight()
+
+    def _render_reasoning(self) -> None:
+        split = self.mode == "chat" and self.reasoning is not None
+        self.reasoning_button.setVisible(split)
+        self.reasoning_body.setVisible(split and self._reasoning_open)
+        if not split:
+            return
+        words = len(self.reasoning.split())
+        what = "Thinking…" if self._thinking else "Reasoning"
+        arrow = "▾" if self._reasoning_open else "▸"
+        self.reasoning_button.setText(f"{what} ({words} word{'s' * (words != 1)}) {arrow}")
+        # Collapsed, the block is not rendered at all: a long stream of reasoning costs nothing.
+        if self._reasoning_open and self._reasoning_shown != self.reasoning:
+            self.reasoning_body.setHtml(render_plain(self.reasoning))
+            self._reasoning_shown = self.reasoning
+
+    def toggle_reasoning(self) -> None:
+        self._reasoning_open = not self._reasoning_open
+        self._render_reasoning()
+
+    def reasoning_open(self) -> bool:
+        return self._reasoning_open
 
     def set_stats(self, text: str) -> None:
         self.stats_label.setText(text)
@@ -183,7 +252,7 @@ class MessageWidget(QFrame):
 
     def source_map(self) -> SourceMap:
         if self._map is None:
-            self._map = SourceMap(self.text, self.body.document())
+            self._map = SourceMap(self.shown_text(), self.body.document())
         return self._map
 
     def offset_at(self, pos: QPoint) -> int | None:
@@ -195,7 +264,8 @@ class MessageWidget(QFrame):
         rect = self.body.cursorRect(cursor)
         if p > 0 and pos.x() < rect.left() and rect.top() <= pos.y() <= rect.bottom():
             p -= 1
-        return self.source_map().to_source(p)
+        at = self.source_map().to_source(p)
+        return None if at is None else at + self.text_offset
 
     def set_highlight(self, start: int | None, end: int | None = None) -> None:
         """Mark source characters [start, end); None clears."""
@@ -207,10 +277,14 @@ class MessageWidget(QFrame):
 
     def _apply_highlight(self) -> None:
         selections = []
-        if self._highlight is not None and self._highlight[1] > self._highlight[0]:
+        shown = len(self.shown_text())
+        start, end = ((max(0, self._highlight[0] - self.text_offset),
+                       min(shown, self._highlight[1] - self.text_offset))
+                      if self._highlight is not None else (0, 0))
+        if end > start:  # a range inside the reasoning, or outside the answer, marks nothing
             smap = self.source_map()
-            a = smap.to_doc(self._highlight[0])
-            b = smap.to_doc(self._highlight[1] - 1)
+            a = smap.to_doc(start)
+            b = smap.to_doc(end - 1)
             if a is not None and b is not None and b >= a:
                 cursor = QTextCursor(self.body.document())
                 cursor.setPosition(a)
@@ -264,14 +338,18 @@ class MessageWidget(QFrame):
             f"QLabel#stats {{ color: {mix(text, bg, 0.45).name()}; padding-left: 8px; }}"
             f"QToolButton {{ color: {mix(text, bg, 0.3).name()}; border: none; padding: 1px 4px; }}"
             f"QToolButton:hover {{ color: {accent.name()}; }}"
+            f"QToolButton#reasoning {{ font-style: italic; padding: 1px 0px; }}"
         )
         if sheet == self.styleSheet():
             return  # unchanged: skip re-rendering the text
         self.setStyleSheet(sheet)
         self.body.document().setDefaultStyleSheet(
             document_css(code_bg.name(), text.name(), pal.color(QPalette.Link).name()))
+        self.reasoning_body.document().setDefaultStyleSheet(
+            f"p {{ color: {mix(text, bg, 0.35).name()}; }}")
+        self._reasoning_shown = None
         self._markdown.reset()  # the new style sheet applies to a fresh render only
-        self.set_text(self.text)
+        self._render()
 
 
 
@@ -359,7 +437,7 @@ class MessageList(QScrollArea):
                 w.set_highlight(None)
         if message is not None and ensure_visible and 0 <= message < len(self.widgets):
             w = self.widgets[message]
-            pos = w.source_map().to_doc(start)
+            pos = w.source_map().to_doc(start - w.text_offset)
             if pos is not None:
                 cursor = QTextCursor(w.body.document())
                 cursor.setPosition(pos)
