@@ -114,7 +114,11 @@ def llama_cpp_tree() -> Path:
 def add_tokenizer(w: GGUFWriter, tree: Path) -> None:
     r = GGUFReader(tree / "models" / "ggml-vocab-qwen2.gguf")
     fields = {name: f.contents() for name, f in r.fields.items()}
-    tokens = list(fields["tokenizer.ggml.tokens"])
+    # Qwen2's vocabulary has some of gpt-oss's special strings (`<|endoftext|>`) at other ids:
+    # llama.cpp refuses a vocabulary with a duplicated token, so the borrowed ones are renamed.
+    taken = set(SPECIALS.values())
+    tokens = [f"<|qwen2_{i}|>" if t in taken else t
+              for i, t in enumerate(fields["tokenizer.ggml.tokens"])]
     types = list(fields["tokenizer.ggml.token_type"])
     # pad to gpt-oss's vocabulary; its special tokens go to their real ids
     for i in range(len(tokens), N_VOCAB):
