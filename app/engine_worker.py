@@ -102,8 +102,8 @@ def model_info(model, tokenizer, path: Path, load_seconds: float) -> dict[str, A
     }
 
 
-class EngineWorker(QObject):
-    """Owns the model and tokenizer; every slot runs on the worker thread."""
+class EngineSignals(QObject):
+    """The signals every engine host answers with: the local worker and the remote host."""
 
     loadStarted = Signal(int, str)
     loadProgress = Signal(int, int)  # (request id, percent 0-100)
@@ -119,6 +119,10 @@ class EngineWorker(QObject):
     preview = Signal(int, str, object, object)
     decoded = Signal(int, str, object)
     inspected = Signal(int, object)  # (request id, InspectResult)
+
+
+class EngineWorker(EngineSignals):
+    """Owns the model and tokenizer; every slot runs on the worker thread."""
 
     def __init__(self) -> None:
         super().__init__()

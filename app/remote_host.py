@@ -37,8 +37,9 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from PySide6.QtCore import QObject, QTimer, Signal
+from PySide6.QtCore import QObject, QTimer
 
+from app.engine_worker import EngineSignals
 from app.inspect_views import (InspectRequest, InspectResult, attention_view, default_range,
                                routing_view)
 from app.prompting import PromptRequest
@@ -55,23 +56,8 @@ KEYRING_SERVICE = "llmlens"
 MAX_SERVERS = 10
 
 
-class RemoteSignals(QObject):
+class RemoteSignals(EngineSignals):
     """The signals of `EngineWorker`, emitted by RemoteHost's request threads."""
-
-    loadStarted = Signal(int, str)
-    loadProgress = Signal(int, int)
-    loadMessage = Signal(int, str)
-    modelLoaded = Signal(int, dict)
-    loadFailed = Signal(int, str)
-    loadCancelled = Signal(int)
-    promptReady = Signal(int, str, object, object)
-    promptDone = Signal(int, dict)
-    tokens = Signal(int, object)
-    finished = Signal(int, dict)
-    failed = Signal(int, str)
-    preview = Signal(int, str, object, object)
-    decoded = Signal(int, str, object)
-    inspected = Signal(int, object)
 
 
 class RemoteHost(QObject):
