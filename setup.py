@@ -54,6 +54,7 @@ def _kernel_build() -> dict:
         [SOURCE],
         extra_compile_args=FLAGS["CFLAGS"] + [FLAGS["source_define"](HERE / SOURCE)],
         extra_link_args=FLAGS["LDFLAGS"],
+        depends=[str(p.relative_to(HERE)) for p in FLAGS["kernel_files"](HERE / SOURCE)[1:]],
     )
     return {"ext_modules": [ext], "cmdclass": {"build_ext": OptionalBuildExtension}}
 

@@ -120,7 +120,7 @@ def test_build_dir_is_private_to_the_interpreter_and_torch_version(monkeypatch, 
 
 @pytest.mark.parametrize("attrs, problem", [
     ({"torch_version": "0.0.1"}, "installed library built for torch 0.0.1"),
-    ({"source_hash": "h0000000000000000"}, "installed library built from another qgemv.cpp"),
+    ({"source_hash": "h0000000000000000"}, "installed library built from other kernel sources"),
     ({}, None),
 ])
 def test_an_installed_library_is_used_only_when_it_matches(monkeypatch, attrs, problem):

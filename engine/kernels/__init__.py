@@ -49,8 +49,8 @@ from types import ModuleType
 
 import torch
 
-from engine.kernels.build_flags import (CFLAGS, LDFLAGS, REQUIRED_CPU_FLAGS, source_define,
-                                        source_tag)
+from engine.kernels.build_flags import (CFLAGS, LDFLAGS, REQUIRED_CPU_FLAGS, kernel_files,
+                                        source_define, source_tag)
 
 __all__ = ["load", "available", "disabled_reason", "status", "needs_build", "build_dir",
            "KernelStatus", "PREPARING_MESSAGE", "SOURCES", "EXTENSION_NAME"]
@@ -148,7 +148,7 @@ def _installed_module() -> tuple[ModuleType | None, str]:
     elif abi is not None and bool(abi) != bool(torch.compiled_with_cxx11_abi()):
         _installed = (None, "installed library built with another C++ ABI than torch")
     elif built_from is not None and SOURCES[0].exists() and built_from != source_tag(SOURCES[0]):
-        _installed = (None, "installed library built from another qgemv.cpp (reinstall: "
+        _installed = (None, "installed library built from other kernel sources (reinstall: "
                             "pip install -e .)")
     else:
         _installed = (mod, f"installed library {Path(mod.__file__).name}")
@@ -175,7 +175,8 @@ def build_dir() -> Path:
 
 def _runtime_library_fresh(directory: Path) -> bool:
     lib = directory / f"{EXTENSION_NAME}.so"
-    return lib.exists() and all(s.stat().st_mtime <= lib.stat().st_mtime for s in SOURCES)
+    return lib.exists() and all(s.stat().st_mtime <= lib.stat().st_mtime
+                                for s in kernel_files(SOURCES[0]))
 
 
 def _build_timeout() -> float:

@@ -15,10 +15,19 @@ LDFLAGS = ["-fopenmp"]
 REQUIRED_CPU_FLAGS = ("avx2", "fma", "f16c")
 
 
+def kernel_files(source: Path) -> list[Path]:
+    """The translation unit and the headers beside it that it includes (blocks.h, per-arch)."""
+    source = Path(source)
+    return [source, *sorted(source.parent.glob("*.h"))]
+
+
 def source_tag(source: Path) -> str:
-    """A short hash of the kernel source, compiled into the library (`source_hash`): the loader
-    refuses an installed library built from another source (an edited checkout)."""
-    return "h" + hashlib.sha256(Path(source).read_bytes()).hexdigest()[:16]
+    """A short hash of the kernel sources, compiled into the library (`source_hash`): the loader
+    refuses an installed library built from other sources (an edited checkout)."""
+    h = hashlib.sha256()
+    for f in kernel_files(source):
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return "h" + h.hexdigest()[:16]
 
 
 def source_define(source: Path) -> str:
