@@ -3,8 +3,12 @@
 Templates are untrusted code from model files. They run in jinja2's `ImmutableSandboxedEnvironment`
 with Hugging Face's settings (`trim_blocks`, `lstrip_blocks`, loop controls, `{% generation %}`)
 and helpers (`raise_exception`, `strftime_now`, a `tojson` that does not HTML-escape, `dict`,
-a `namespace` that refuses underscore names), so the output is byte-identical to
-`tokenizer.apply_chat_template(..., tokenize=False)`. On top of the sandbox, rendering is bounded:
+a `namespace` that refuses underscore names), and get their inputs as transformers 5 prepares
+them (the file's BOS/EOS/UNK/PAD/SEP/CLS/MASK strings; message keys set to None dropped; a
+message's reasoning also under `thinking` and `reasoning_content`), so the output is
+byte-identical to `tokenizer.apply_chat_template(..., tokenize=False)` (checked on real templates
+in tests/test_chat_template.py and tests/test_family_templates.py). On top of the sandbox,
+rendering is bounded:
 
 - string/list growth (`*`, `+`, `~`, `%`, `**`, `replace`, padding filters and methods) is
   checked against `MAX_CHARS` before the value is built;
@@ -342,6 +346,23 @@ def _plain(value: Any) -> Any:
     return f"<{type(value).__name__}>"
 
 
+_REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
+
+
+def _template_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The messages as transformers' `apply_chat_template` hands them to a template: keys whose
+    value is None dropped (templates test `is defined`, and print None as "None"), and a
+    reasoning text under any of its names also under `thinking` (gpt-oss reads that) and
+    `reasoning_content` (GLM, Qwen, DeepSeek read that), in transformers' key order."""
+    out = []
+    for m in _plain([{k: v for k, v in m.items() if v is not None} for m in messages]):
+        reasoning = next((m[k] for k in _REASONING_FIELDS if m.get(k) is not None), None)
+        if reasoning is not None:
+            m = {"thinking": reasoning, **m, "reasoning_content": reasoning}
+        out.append(m)
+    return out
+
+
 # -- time limit ------------------------------------------------------------------------------------
 def _run_with_deadline(fn: Any, seconds: float) -> Any:
     """Run fn() in this thread; if it takes longer than `seconds`, raise _Timeout inside it."""
@@ -380,8 +401,12 @@ def _template_and_tokens(source: Any) -> tuple[str, dict[str, str]]:
     md = source if isinstance(source, Mapping) else source.metadata
     tokens = md.get("tokenizer.ggml.tokens") or []
     special: dict[str, str] = {}
+    # transformers passes every special token the tokenizer has (ERNIE's template reads
+    # `sep_token`); a GGUF file names these by id ("seperator" is gguf's spelling).
     for name, key in (("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"),
-                      ("unk_token", "unknown_token_id"), ("pad_token", "padding_token_id")):
+                      ("unk_token", "unknown_token_id"), ("pad_token", "padding_token_id"),
+                      ("sep_token", "seperator_token_id"), ("cls_token", "cls_token_id"),
+                      ("mask_token", "mask_token_id")):
         tid = md.get(f"tokenizer.ggml.{key}")
         if tid is not None and 0 <= int(tid) < len(tokens):
             special[name] = tokens[int(tid)]
@@ -418,7 +443,7 @@ def render_chat(metadata_or_template: Any, messages: Sequence[Mapping[str, Any]]
         if not isinstance(m, Mapping):
             raise TemplateError(f"chat messages must be objects with role/content, got {m!r}")
     context = _plain({**special, **extra})
-    context.update(messages=_plain(list(messages)), tools=_plain(tools),
+    context.update(messages=_template_messages(messages), tools=_plain(tools),
                    documents=_plain(documents), add_generation_prompt=bool(add_generation_prompt))
 
     def render() -> str:
