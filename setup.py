@@ -3,8 +3,9 @@
 
 torch must be importable when this runs: pyproject's [build-system] requires pins the same
 torch as the runtime dependency, so the library matches the torch it will be loaded with.
-The build is optional: on a machine without a C++ compiler (or not x86-64) the package still
-installs, and engine/kernels falls back to a runtime build or to stock PyTorch ops.
+The build is optional: on a machine without a C++ compiler (or neither x86-64 nor ARM64) the
+package still installs, and engine/kernels falls back to a runtime build or to stock PyTorch ops.
+Flags per architecture and compiler: engine/kernels/build_flags.py.
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ def _warn(msg: str) -> None:
 def _kernel_build() -> dict:
     if os.environ.get("LLMLENS_SKIP_KERNEL_BUILD", "") not in ("", "0"):
         return {}
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        _warn(f"not building the AVX2 kernels on {platform.machine()}")
+    if FLAGS["kernel_arch"]() is None:  # x86-64 (AVX2) and ARM64 (NEON) have kernels
+        _warn(f"no fused kernels for the CPU architecture {platform.machine()}")
         return {}
+    flags = FLAGS["flags_for"]()
     try:
         from torch.utils.cpp_extension import BuildExtension, CppExtension
     except ImportError:
@@ -52,8 +54,8 @@ def _kernel_build() -> dict:
     ext = CppExtension(
         "engine.kernels._qgemv",
         [SOURCE],
-        extra_compile_args=FLAGS["CFLAGS"] + [FLAGS["source_define"](HERE / SOURCE)],
-        extra_link_args=FLAGS["LDFLAGS"],
+        extra_compile_args=flags.cflags + [FLAGS["source_define"](HERE / SOURCE)],
+        extra_link_args=flags.ldflags,
         depends=[str(p.relative_to(HERE)) for p in FLAGS["kernel_files"](HERE / SOURCE)[1:]],
     )
     return {"ext_modules": [ext], "cmdclass": {"build_ext": OptionalBuildExtension}}

@@ -168,6 +168,7 @@ class StackedExperts:
         self._packed: torch.Tensor | None = None    # [E, out, row_bytes] uint8 view
         self._linears: dict[int, Any] = {}
         self._qlin_cls = None
+        self._kernel: Any = False  # the kernel module for grouped calls, None if unusable; False: not looked up yet
         if self.ggml_type in _FLOAT_DTYPES:
             dtype = _FLOAT_DTYPES[self.ggml_type]
             np_dtype = np.float32 if dtype == torch.float32 else np.int16
@@ -205,6 +206,26 @@ class StackedExperts:
             return self.linear(e)(x)
         return x @ self.weight(e).T
 
+    def grouped_kernel(self) -> Any:
+        """The kernel module when `matmul_grouped` can run (quantized experts, kernels loaded,
+        not exact mode), else None."""
+        if self._qlin_cls is None:
+            return None
+        if self._kernel is False:
+            from engine import kernels  # noqa: PLC0415
+
+            k = kernels.load()
+            self._kernel = k if k is not None and self.ggml_type in k.supported_types() else None
+        return self._kernel
+
+    def matmul_grouped(self, experts: torch.Tensor, counts: torch.Tensor, x: torch.Tensor
+                       ) -> torch.Tensor:
+        """Tokens grouped by expert in one fused-kernel call: rows of x [N, in] in consecutive
+        segments of `counts` [S] rows, segment s through expert `experts` [S] -> [N, out].
+        Only where `grouped_kernel()` is not None."""
+        return self.grouped_kernel().moe_gemm(self._packed, self.ggml_type, experts, counts,
+                                              x.to(torch.float32), torch.get_num_threads())
+
     @property
     def nbytes(self) -> int:
         return self._raw.nbytes
@@ -219,6 +240,10 @@ class MoEFeedForward:
     shared: callable `[T, D] -> [T, D]` (a dense SwiGLU) or None; shared_gate: Linear-like
     `[T, D] -> [T, 1]` whose sigmoid scales the shared expert (Qwen2-MoE) or None.
     """
+
+    # An expert with at most this many tokens of a prompt pass joins the grouped kernel call;
+    # above it dequantize + GEMM is faster (the QuantLinear crossover).
+    GROUPED_MAX_TOKENS = 16
 
     def __init__(self, cfg: RouterConfig, gate_inp: Any, gate: StackedExperts, up: StackedExperts,
                  down: StackedExperts, probs_bias: torch.Tensor | None = None,
@@ -247,8 +272,12 @@ class MoEFeedForward:
         """Run each selected expert once over the tokens routed to it; sum weighted outputs."""
         T, k = idx.shape
         out = torch.zeros_like(x)                                   # [T, D]
-        if T == 1:
-            for j in range(k):  # decode: k experts, one token each
+        grouped = self._grouped()
+        if T == 1:  # decode: k experts, one token each
+            if grouped:
+                d = self._experts_grouped(x.expand(k, -1), idx[0], torch.ones(k, dtype=torch.long))
+                return (w[0, :, None].to(d.dtype) * d).sum(0, keepdim=True)  # [1, D]
+            for j in range(k):
                 e = int(idx[0, j])
                 out += w[0, j] * self._expert(e, x)
             return out
@@ -257,6 +286,21 @@ class MoEFeedForward:
         experts, counts = torch.unique_consecutive(flat[order], return_counts=True)
         tok = order // k                                            # [T*k] token of each slot
         wsorted = w.reshape(-1)[order]                              # [T*k]
+        if grouped:
+            # experts with few tokens: one grouped kernel call; the others (many tokens, where
+            # dequantize + GEMM is faster) one by one
+            few = counts <= self.GROUPED_MAX_TOKENS                 # [S]
+            slot_few = torch.repeat_interleave(few, counts)         # [T*k]
+            if bool(few.any()):
+                t = tok[slot_few]
+                y = self._experts_grouped(x[t], experts[few], counts[few])  # [n_few, D]
+                out.index_add_(0, t, y * wsorted[slot_few, None])
+            starts = torch.cumsum(counts, 0) - counts
+            for e, n, start in zip(experts[~few].tolist(), counts[~few].tolist(),
+                                   starts[~few].tolist()):
+                t = tok[start:start + n]                            # [n]
+                out.index_add_(0, t, self._expert(e, x[t]) * wsorted[start:start + n, None])
+            return out
         start = 0
         for e, n in zip(experts.tolist(), counts.tolist()):
             t = tok[start:start + n]                                # [n]
@@ -264,6 +308,17 @@ class MoEFeedForward:
             out.index_add_(0, t, y)
             start += n
         return out
+
+    def _grouped(self) -> bool:
+        return all(p.grouped_kernel() is not None for p in (self.gate, self.up, self.down))
+
+    def _experts_grouped(self, x: torch.Tensor, experts: torch.Tensor, counts: torch.Tensor
+                         ) -> torch.Tensor:
+        """SwiGLU experts over tokens grouped by expert, three kernel calls in all (gate, up,
+        down) instead of three per expert: x [N, D] in segments of counts [S] -> [N, D]."""
+        g = self.gate.matmul_grouped(experts, counts, x)            # [N, F]
+        u = self.up.matmul_grouped(experts, counts, x)              # [N, F]
+        return self.down.matmul_grouped(experts, counts, F.silu(g) * u)  # [N, D]
 
     def _expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
         # x: [n, D] -> [n, D]

@@ -97,9 +97,27 @@ def test_activation_rounding_is_as_documented(k, t):
     np.testing.assert_array_equal(k.quantize_activations(x, int(t)).numpy(), expected)
 
 
+# Instruction sets the x86 kernels are compiled for; each is tested where the CPU has it.
+ISAS = ["avx2", "avx512-vnni"]
+
+
+@pytest.fixture(params=ISAS)
+def kisa(k, request):
+    """The kernel module switched to one instruction set (restored afterwards)."""
+    if request.param not in kernels.isa_options():
+        pytest.skip(f"{request.param} kernels need a CPU with it (this one: "
+                    f"{', '.join(kernels.isa_options())})")
+    before = k.isa()
+    k.use_isa(request.param)
+    assert k.isa() == request.param
+    yield k
+    k.use_isa(before)
+
+
 @pytest.mark.parametrize("T", [1, 3, 7, GEMV_MAX_T])  # kernel groups: 2+1, 4+2+1, 8+8
 @pytest.mark.parametrize("t", LEGACY + KQUANTS, ids=lambda t: t.name)
-def test_gemv_quantized(k, t, T):
+def test_gemv_quantized(kisa, t, T):
+    k = kisa
     rows, n = 37, 512  # odd row count: the thread split has a ragged end
     raw = random_weight(t, rows, n, seed=T)
     w64 = reference_weight(raw, t)
@@ -118,8 +136,42 @@ def test_gemv_quantized(k, t, T):
     assert np.all(np.abs(y - exact) <= bound * 1.0001)
 
 
+def test_instruction_sets_give_identical_results(k):
+    """The VNNI kernels only fuse the byte products of the AVX2 ones: same integer sums, same
+    float operations, so the outputs are bit-identical."""
+    options = kernels.isa_options()
+    if len(options) < 2:
+        pytest.skip(f"only {options} on this CPU")
+    before = k.isa()
+    try:
+        for t in LEGACY + KQUANTS + FLOATS + [Q.MXFP4]:
+            n = 512
+            if t == Q.MXFP4:
+                raw = np.random.default_rng(3).integers(0, 256, size=(29, n // 32, 17), dtype=np.uint8)
+                raw[..., 0] = 120  # sane E8M0 exponents
+                raw = raw.reshape(29, -1)
+            else:
+                raw = random_weight(t, 29, n)
+            x = random_x(11, n)
+            outs = []
+            for name in options:
+                k.use_isa(name)
+                outs.append(k.gemv(torch.from_numpy(raw), int(t), x, 2))
+            for other in outs[1:]:
+                assert torch.equal(outs[0], other), t.name
+    finally:
+        k.use_isa(before)
+
+
+def test_unknown_instruction_set_is_refused(k):
+    with pytest.raises(RuntimeError, match="not available on this CPU"):
+        k.use_isa("sse2")
+    assert k.isa() in kernels.isa_options()
+
+
 @pytest.mark.parametrize("t", FLOATS, ids=lambda t: t.name)
-def test_gemv_float_types_exact(k, t):
+def test_gemv_float_types_exact(kisa, t):
+    k = kisa
     raw = random_weight(t, 9, 100)  # row length not a multiple of 8/16: scalar tails
     w64 = reference_weight(raw, t)
     x = random_x(2, 100)
@@ -321,3 +373,30 @@ def test_quant_linear_cat(tiny_file, mode):
     torch.testing.assert_close(yb, b(x), rtol=1e-6, atol=1e-7)
     with pytest.raises(ValueError, match="one ggml type"):
         QuantLinear.cat([a, QuantLinear.from_gguf(gf, gf.tensor("q5_0.weight"))])
+
+
+@pytest.mark.parametrize("t", [Q.Q4_K, Q.Q8_0, Q.Q5_0, Q.Q6_K, Q.F16], ids=lambda t: t.name)
+def test_moe_gemm_equals_one_gemv_per_expert(k, t):
+    E, rows, n = 5, 23, 512
+    raw = np.stack([random_weight(t, rows, n, seed=10 + e) for e in range(E)])  # [E, rows, rb]
+    w = torch.from_numpy(raw)
+    experts = torch.tensor([3, 0, 4, 3, 1])  # an expert may appear in two segments
+    counts = torch.tensor([1, 11, 0, 2, 7])   # token groups of 8+2+1, 2, 4+2+1 and an empty one
+    x = random_x(int(counts.sum()), n, seed=5)
+    y = k.moe_gemm(w, int(t), experts, counts, x, 2)
+    start = 0
+    for e, c in zip(experts.tolist(), counts.tolist()):
+        if c:
+            assert torch.equal(y[start:start + c], k.gemv(w[e], int(t), x[start:start + c], 1))
+        start += c
+
+
+def test_moe_gemm_rejects_bad_input(k):
+    raw = torch.from_numpy(np.stack([random_weight(Q.Q8_0, 4, 64, seed=e) for e in range(3)]))
+    one = torch.tensor([1, 1])
+    with pytest.raises(RuntimeError, match="out of range"):
+        k.moe_gemm(raw, int(Q.Q8_0), torch.tensor([0, 3]), one, torch.zeros(2, 64), 1)
+    with pytest.raises(RuntimeError, match="add up to 2 tokens, x has 3"):
+        k.moe_gemm(raw, int(Q.Q8_0), torch.tensor([0, 1]), one, torch.zeros(3, 64), 1)
+    with pytest.raises(RuntimeError, match="bytes per row"):
+        k.moe_gemm(raw, int(Q.Q8_0), torch.tensor([0]), torch.tensor([1]), torch.zeros(1, 96), 1)

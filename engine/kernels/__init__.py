@@ -21,7 +21,8 @@ another one building waits at most `LLMLENS_KERNEL_BUILD_TIMEOUT` seconds (defau
 For the app: `needs_build()` says, without building, whether `load()` is about to compile
 (show "Preparing CPU kernels (first run)…"), and `load(on_progress=...)` reports each step.
 
-Environment: LLMLENS_NO_KERNELS=1 (stock ops), LLMLENS_KERNEL_BUILD_DIR (runtime build dir),
+Environment: LLMLENS_NO_KERNELS=1 (stock ops), LLMLENS_KERNEL_ISA=avx2 (force the AVX2 kernels on
+an AVX-512 VNNI CPU; by default the best the CPU has is used, see `isa()`), LLMLENS_KERNEL_BUILD_DIR (runtime build dir),
 LLMLENS_KERNEL_BUILD_TIMEOUT (seconds to wait for another builder), LLMLENS_KERNELS_RUNTIME_BUILD=1
 (ignore the installed library; tests and debugging).
 
@@ -49,10 +50,11 @@ from types import ModuleType
 
 import torch
 
-from engine.kernels.build_flags import (CFLAGS, LDFLAGS, REQUIRED_CPU_FLAGS, kernel_files,
-                                        source_define, source_tag)
+from engine.kernels.build_flags import (CFLAGS, LDFLAGS, REQUIRED_CPU_FLAGS, cpu_features,
+                                        cpu_problem, kernel_arch, kernel_files, source_define,
+                                        source_tag)
 
-__all__ = ["load", "available", "disabled_reason", "status", "needs_build", "build_dir",
+__all__ = ["load", "isa", "isa_options", "available", "disabled_reason", "status", "needs_build", "build_dir",
            "KernelStatus", "PREPARING_MESSAGE", "SOURCES", "EXTENSION_NAME"]
 
 EXTENSION_NAME = "llmlens_qgemv"
@@ -94,22 +96,14 @@ def _env_flag(name: str) -> bool:
 
 
 def _cpu_problem() -> str | None:
-    """Why this CPU cannot run the AVX2 kernels, or None if it can."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return f"CPU architecture {platform.machine()} (the kernels need x86-64 AVX2)"
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
+    """Why this CPU cannot run the fused kernels (AVX2 on x86-64, NEON on ARM64), or None if
+    it can."""
+    features = cpu_features()
+    if features is None and kernel_arch() == "x86_64":
         # No /proc (macOS, Windows): trust PyTorch's own dispatch probe.
         cap = torch.backends.cpu.get_cpu_capability()
         return None if cap.startswith(("AVX2", "AVX512")) else f"CPU capability {cap}"
-    flags: set[str] = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            break
-    missing = [f for f in REQUIRED_CPU_FLAGS if f not in flags]
-    return f"CPU lacks {', '.join(missing)}" if missing else None
+    return cpu_problem(platform.machine(), features)
 
 
 def _policy_problem() -> str | None:
@@ -268,7 +262,7 @@ def _compile(on_progress: Progress) -> ModuleType:
             name=EXTENSION_NAME,
             sources=[str(s) for s in SOURCES],
             extra_cflags=[*CFLAGS, source_define(SOURCES[0])],
-            extra_ldflags=LDFLAGS,
+            extra_ldflags=list(LDFLAGS),
             build_directory=str(directory),
             verbose=False,
         )
@@ -319,8 +313,40 @@ def load(on_progress: Progress | None = None) -> ModuleType | None:
                     print(f"llmlens: quantized CPU kernels unavailable ({_status.reason}); "
                           "using the slower dequantize-and-matmul path",
                           file=sys.stderr, flush=True)
+        if _module is not None:
+            _status = KernelStatus(_status.path, f"{_status.reason}; {_apply_isa(_module)} kernels")
         _loaded = True
         return _module
+
+
+def _apply_isa(mod: ModuleType) -> str:
+    """Switch to the instruction set named by LLMLENS_KERNEL_ISA (e.g. "avx2" to measure the AVX2
+    path on an AVX-512 machine); returns the one in use."""
+    want = os.environ.get("LLMLENS_KERNEL_ISA", "").strip().lower()
+    if want and hasattr(mod, "use_isa"):
+        try:
+            mod.use_isa(want)
+        except RuntimeError as e:
+            print(f"llmlens: LLMLENS_KERNEL_ISA={want} ignored: {str(e).splitlines()[0]}",
+                  file=sys.stderr, flush=True)
+    return mod.isa() if hasattr(mod, "isa") else "avx2"
+
+
+def isa() -> str | None:
+    """The instruction set of the fused kernels in use ("avx2", "avx512-vnni", ...), or None when
+    they are not loaded (the stock-op path)."""
+    mod = load()
+    if mod is None:
+        return None
+    return mod.isa() if hasattr(mod, "isa") else "avx2"
+
+
+def isa_options() -> list[str]:
+    """The instruction sets LLMLENS_KERNEL_ISA may pick on this CPU ([] without kernels)."""
+    mod = load()
+    if mod is None:
+        return []
+    return [s.strip() for s in mod.isa_options().split(",")] if hasattr(mod, "isa_options") else ["avx2"]
 
 
 def available() -> bool:

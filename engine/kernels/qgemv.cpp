@@ -30,11 +30,14 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "blocks.h"
 #if defined(__x86_64__) || defined(_M_X64)
 #include "x86_avx2.h"
+#elif defined(__aarch64__) || defined(_M_ARM64)
+#include "aarch64_neon.h"
 #else
 #error "the fused kernels have no implementation for this CPU architecture yet"
 #endif
@@ -53,7 +56,9 @@ void deq_row(int64_t type, const uint8_t* __restrict src, float* __restrict y, i
 }
 
 inline void prefetch(const uint8_t* p) {
-#if defined(_MSC_VER)
+#if defined(_MSC_VER) && defined(_M_ARM64)
+  __prefetch(p);
+#elif defined(_MSC_VER)
   _mm_prefetch((const char*)p, _MM_HINT_T0);
 #else
   __builtin_prefetch(p);
@@ -85,6 +90,24 @@ int threads_for(int64_t nthreads, int64_t work_rows, int64_t min_rows) {
   return (int)std::max<int64_t>(1, std::min<int64_t>(nthreads, cap));
 }
 
+// The T activation rows of x [T, n] in the form the dot kernels of `ti` read (8-bit blocks, or
+// f32 for float weights); `arb` gets the bytes per row.
+std::vector<uint8_t> quantize_rows(const TypeInfo& ti, const float* X, int64_t T, int64_t n, int64_t& arb) {
+  switch (ti.act) {
+    case ACT_F32: arb = n * 4; break;
+    case ACT_Q8_0: arb = n / QK * (int64_t)sizeof(act_q8_0); break;
+    default: arb = n / QK_K * (int64_t)sizeof(act_q8_K); break;
+  }
+  std::vector<uint8_t> act((size_t)(T * arb));
+  for (int64_t t = 0; t < T; ++t) {
+    uint8_t* dst = act.data() + t * arb;
+    if (ti.act == ACT_F32) std::memcpy(dst, X + t * n, n * 4);
+    else if (ti.act == ACT_Q8_0) quantize_q8_0(X + t * n, (act_q8_0*)dst, n);
+    else quantize_q8_K(X + t * n, (act_q8_K*)dst, n);
+  }
+  return act;
+}
+
 }  // namespace
 
 // y [T, rows] = x [T, n] @ W^T, W = rows of `n` values in ggml type `type`.
@@ -100,19 +123,7 @@ torch::Tensor gemv(torch::Tensor w, int64_t type, torch::Tensor x, int64_t nthre
 
   // quantize the activations once per call (T rows of n values, tiny next to W)
   int64_t arb;
-  switch (ti.act) {
-    case ACT_F32: arb = n * 4; break;
-    case ACT_Q8_0: arb = n / QK * (int64_t)sizeof(act_q8_0); break;
-    default: arb = n / QK_K * (int64_t)sizeof(act_q8_K); break;
-  }
-  std::vector<uint8_t> act((size_t)(T * arb));
-  const float* X = x.data_ptr<float>();
-  for (int64_t t = 0; t < T; ++t) {
-    uint8_t* dst = act.data() + t * arb;
-    if (ti.act == ACT_F32) std::memcpy(dst, X + t * n, n * 4);
-    else if (ti.act == ACT_Q8_0) quantize_q8_0(X + t * n, (act_q8_0*)dst, n);
-    else quantize_q8_K(X + t * n, (act_q8_K*)dst, n);
-  }
+  const std::vector<uint8_t> act = quantize_rows(ti, x.data_ptr<float>(), T, n, arb);
 
   const DotSet dot = dot_set(type);
   const uint8_t* W = w.data_ptr<uint8_t>();
@@ -135,6 +146,58 @@ torch::Tensor gemv(torch::Tensor w, int64_t type, torch::Tensor x, int64_t nthre
       const int k = left >= 8 ? 3 : left >= 4 ? 2 : left >= 2 ? 1 : 0;
       dot.by_log2[k](wr, A + t0 * arb, arb, 1 << k, n, Y + t0 * rows + r, rows);
       t0 += 1 << k;
+    }
+  }
+  return y;
+}
+
+// Tokens grouped by expert through their experts in one call (MoE decode and prefill): rows
+// [o_s, o_s + counts[s]) of x go through expert experts[s] of the stacked matrices W
+// [E, rows, row_bytes], y [N, rows]. One thread team over all (segment, row) pairs instead of a
+// kernel call per expert and projection; a segment's tokens share each unpacked weight block.
+torch::Tensor moe_gemm(torch::Tensor w, int64_t type, torch::Tensor experts, torch::Tensor counts,
+                       torch::Tensor x, int64_t nthreads) {
+  const TypeInfo& ti = type_info(type);
+  TORCH_CHECK(w.device().is_cpu() && w.scalar_type() == torch::kUInt8 && w.dim() == 3 && w.is_contiguous(),
+              "qgemv: stacked experts must be a contiguous CPU uint8 tensor [E, rows, row_bytes]");
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == torch::kFloat32 && x.dim() == 2,
+              "qgemv: x must be a CPU float32 [N, n] tensor");
+  experts = experts.to(torch::kInt64).contiguous().view({-1});
+  counts = counts.to(torch::kInt64).contiguous().view({-1});
+  x = x.contiguous();
+  const int64_t E = w.size(0), rows = w.size(1), rb = w.size(2), S = experts.size(0);
+  const int64_t N = x.size(0), n = x.size(1);
+  TORCH_CHECK(counts.size(0) == S, "qgemv: ", S, " experts but ", counts.size(0), " counts");
+  TORCH_CHECK(rb == row_bytes(ti, n), "qgemv: experts have ", rb, " bytes per row, expected ", row_bytes(ti, n),
+              " for ", n, " values");
+  const int64_t* I = experts.data_ptr<int64_t>();
+  const int64_t* C = counts.data_ptr<int64_t>();
+  std::vector<int64_t> offset(S + 1, 0);
+  for (int64_t s = 0; s < S; ++s) {
+    TORCH_CHECK(I[s] >= 0 && I[s] < E, "qgemv: expert id ", I[s], " out of range [0, ", E, ")");
+    TORCH_CHECK(C[s] >= 0, "qgemv: negative token count");
+    offset[s + 1] = offset[s] + C[s];
+  }
+  TORCH_CHECK(offset[S] == N, "qgemv: counts add up to ", offset[S], " tokens, x has ", N);
+  auto y = torch::empty({N, rows}, x.options());
+  if (N == 0 || rows == 0) return y;
+  int64_t arb;
+  const std::vector<uint8_t> act = quantize_rows(ti, x.data_ptr<float>(), N, n, arb);
+  const DotSet dot = dot_set(type);
+  const uint8_t* W = w.data_ptr<uint8_t>();
+  const uint8_t* A = act.data();
+  float* Y = y.data_ptr<float>();
+  const int nth = threads_for(nthreads, S * rows, 16);
+  // dynamic: segments differ in token count, so equal row counts are not equal work
+#pragma omp parallel for num_threads(nth) schedule(dynamic, 8)
+  for (int64_t sr = 0; sr < S * rows; ++sr) {
+    const int64_t s = sr / rows, r = sr % rows;
+    const uint8_t* wr = W + (I[s] * rows + r) * rb;
+    for (int64_t t0 = offset[s]; t0 < offset[s + 1];) {
+      const int64_t left = offset[s + 1] - t0;
+      const int kk = left >= 8 ? 3 : left >= 4 ? 2 : left >= 2 ? 1 : 0;
+      dot.by_log2[kk](wr, A + t0 * arb, arb, 1 << kk, n, Y + t0 * rows + r, rows);
+      t0 += 1 << kk;
     }
   }
   return y;
@@ -205,6 +268,17 @@ torch::Tensor quantize_activations(torch::Tensor x, int64_t type) {
   return y;
 }
 
+// Which instruction set the dot kernels use ("avx2", "avx512-vnni", "neon", ...).
+std::string isa() { return isa_name(); }
+
+// Force an instruction set (tests, benchmarks: the AVX2 path measured on an AVX-512 machine).
+void use_isa(const std::string& name) {
+  TORCH_CHECK(set_isa(name.c_str()), "qgemv: instruction set '", name, "' is not available on this CPU (",
+              isa_choices(), ")");
+}
+
+std::string isa_options() { return isa_choices(); }
+
 std::vector<int64_t> supported_types() {
   std::vector<int64_t> out;
   for (const auto& t : kTypes) out.push_back(t.type);
@@ -216,6 +290,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gemv", &gemv, "y [T, rows] = x [T, n] @ W^T for GGUF-packed W",
         py::arg("w"), py::arg("type"), py::arg("x"), py::arg("nthreads"),
         py::call_guard<py::gil_scoped_release>());
+  m.def("moe_gemm", &moe_gemm, "y[seg s] = x[seg s] @ W[experts[s]]^T for stacked experts W [E, rows, row_bytes]",
+        py::arg("w"), py::arg("type"), py::arg("experts"), py::arg("counts"), py::arg("x"), py::arg("nthreads"),
+        py::call_guard<py::gil_scoped_release>());
   m.def("dequant_rows", &dequant_rows, "rows of W as float32", py::arg("w"), py::arg("type"),
         py::arg("n"), py::arg("start"), py::arg("count"), py::arg("nthreads"),
         py::arg("out") = py::none(), py::call_guard<py::gil_scoped_release>());
@@ -224,6 +301,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("quantize_activations", &quantize_activations, "activation rounding of the kernels (tests)",
         py::arg("x"), py::arg("type"));
   m.def("supported_types", &supported_types);
+  m.def("isa", &isa, "instruction set of the dot kernels in use");
+  m.def("use_isa", &use_isa, "switch the dot kernels to another instruction set", py::arg("name"));
+  m.def("isa_options", &isa_options, "instruction sets this CPU can use, comma-separated");
   // What the library was compiled against: the loader refuses a library built for another torch
   // (an upgraded venv) instead of risking a crash on a changed C++ ABI.
   m.attr("torch_version") = std::to_string(TORCH_VERSION_MAJOR) + "." +
