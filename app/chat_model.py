@@ -78,7 +78,8 @@ class ModelSlot(QObject):
             self.status.model_label.setToolTip(i["remote"])
         else:
             self.status.set_model(i["name"], i["arch"], i["n_params"], i["quant"],
-                                  i["file_size"], i["path"])
+                                  i["file_size"], i["path"], i.get("compute", ""),
+                                  i.get("compute_why", ""))
 
     def _show_loading(self, text: str) -> None:
         self.panel.notice.show_text(text, progress=True, button="Cancel", closable=False)

@@ -241,9 +241,6 @@ class MoEFeedForward:
     `[T, D] -> [T, 1]` whose sigmoid scales the shared expert (Qwen2-MoE) or None.
     """
 
-    # An expert with at most this many tokens of a prompt pass joins the grouped kernel call;
-    # above it dequantize + GEMM is faster (the QuantLinear crossover).
-    GROUPED_MAX_TOKENS = 16
 
     def __init__(self, cfg: RouterConfig, gate_inp: Any, gate: StackedExperts, up: StackedExperts,
                  down: StackedExperts, probs_bias: torch.Tensor | None = None,
@@ -289,7 +286,7 @@ class MoEFeedForward:
         if grouped:
             # experts with few tokens: one grouped kernel call; the others (many tokens, where
             # dequantize + GEMM is faster) one by one
-            few = counts <= self.GROUPED_MAX_TOKENS                 # [S]
+            few = counts <= self._grouped_max_tokens()             # [S]
             slot_few = torch.repeat_interleave(few, counts)         # [T*k]
             if bool(few.any()):
                 t = tok[slot_few]
@@ -308,6 +305,15 @@ class MoEFeedForward:
             out.index_add_(0, t, y)
             start += n
         return out
+
+    def _grouped_max_tokens(self) -> int:
+        """An expert with at most this many tokens of a prompt pass joins the grouped kernel
+        call; above it dequantize + GEMM is faster (QuantLinear's crossover for the type)."""
+        from engine import kernels  # noqa: PLC0415
+        from engine.gguf.reader import ggml_type_name  # noqa: PLC0415
+        from engine.quant_linear import kernel_max_t  # noqa: PLC0415
+
+        return kernel_max_t(ggml_type_name(self.gate.ggml_type), kernels.isa())
 
     def _grouped(self) -> bool:
         return all(p.grouped_kernel() is not None for p in (self.gate, self.up, self.down))

@@ -4,7 +4,7 @@ The weight is the tensor's raw bytes, one row of `in_features` values per output
 in a torch uint8 tensor `[out, row_bytes]` (a Q4_K_M model takes about its file size in RAM
 instead of 4-8x that as float32). Two ways to multiply, picked per call by the token count:
 
-* decode (T <= GEMV_MAX_T): the fused AVX2 kernel of `engine/kernels` reads each packed
+* decode and short prompts (T <= kernel_max_t(type), 16 to 48): the fused kernel of `engine/kernels` reads each packed
   block once and multiplies it with integer dot products. Like llama.cpp, it first rounds
   each activation row to 8 bits per block — blocks of 32 (Q8_0: d = amax/127) for the
   legacy types, of 256 (Q8_K) for the k-quants — so results differ from the exact product
@@ -13,7 +13,7 @@ instead of 4-8x that as float32). Two ways to multiply, picked per call by the t
   Gemma 3 270M's weights with Gaussian x: |dy_r| <= 1e-3 |W_r| |x|, and the output vector's
   relative L2 error is ~0.5%, as in llama.cpp.
   Float weights (F32/F16/BF16) are multiplied in f32 without any rounding of x.
-* prefill (T > GEMV_MAX_T): row chunks of the weight (~CHUNK_BYTES of float32 each) are
+* longer prompts: row chunks of the weight (~CHUNK_BYTES of float32 each) are
   dequantized and multiplied with MKL GEMM; the decode cost is shared by all T tokens and
   the result is the exact float32 product.
 
@@ -37,11 +37,27 @@ from engine.errors import UnsupportedTypeError
 from engine.gguf.dequant import block_layout, dequantize_raw
 from engine.gguf.reader import GGUFFile, TensorInfo, ggml_type_name
 
-__all__ = ["QuantLinear", "supported", "GEMV_MAX_T", "CHUNK_BYTES"]
+__all__ = ["QuantLinear", "supported", "GEMV_MAX_T", "KERNEL_MAX_T", "kernel_max_t", "CHUNK_BYTES"]
 
-# Above this many tokens, dequantize-then-GEMM beats the integer kernel (measured crossover
-# ~20 tokens on AVX2 with 1 thread: the kernel costs ~45 µs a token per 1.3M weights).
+# Up to this many tokens every type takes the integer kernel; above it dequantize-then-GEMM can
+# be faster, at a crossover that depends on the type: the fewer bits, the cheaper the kernel's
+# unpacking and the dearer the decode to float. KERNEL_MAX_T holds the measured crossovers
+# (default model's matrices, 1 thread, CPU time, tests/bench/kernel_crossover.py): AVX2 and
+# AVX-512 VNNI (which makes the kernel ~10-25% cheaper).
 GEMV_MAX_T = 16
+KERNEL_MAX_T: dict[str, tuple[int, int]] = {  # type: (avx2, avx512-vnni)
+    "Q8_0": (20, 28), "Q6_K": (24, 28), "Q3_K": (24, 28), "Q2_K": (24, 28),
+    "Q4_0": (32, 40), "Q4_1": (32, 40), "Q5_0": (32, 40), "Q5_1": (32, 40), "MXFP4": (32, 40),
+    "Q4_K": (32, 40), "Q5_K": (32, 40),
+}
+
+
+def kernel_max_t(type_name: str, isa: str | None) -> int:
+    """The largest token count this type's products take the integer kernel for."""
+    pair = KERNEL_MAX_T.get(type_name)
+    if pair is None:
+        return GEMV_MAX_T
+    return pair[1] if isa == "avx512-vnni" else pair[0]
 # float32 bytes of weight decoded per prefill chunk: big enough for GEMM efficiency, small
 # enough to stay in L2/L3 and not to cost memory (a 262k-row head is never decoded whole).
 CHUNK_BYTES = 2 << 20
@@ -80,6 +96,7 @@ class QuantLinear:
         self.threads = threads  # None: torch.get_num_threads() at each call
         k = kernels.load()
         self._k = k if k is not None and self.ggml_type in k.supported_types() else None
+        self._isa = kernels.isa() if self._k is not None else None
 
     @classmethod
     def from_gguf(cls, gf: GGUFFile, info: TensorInfo, bias: TensorInfo | None = None,
@@ -130,6 +147,11 @@ class QuantLinear:
         return n + (self.bias.numel() * self.bias.element_size() if self.bias is not None else 0)
 
     @property
+    def kernel_max_t(self) -> int:
+        """Products of up to this many tokens take the integer kernel (0 without kernels)."""
+        return kernel_max_t(self.type_name, self._isa) if self._k is not None else 0
+
+    @property
     def uses_kernels(self) -> bool:
         return self._k is not None
 
@@ -140,7 +162,7 @@ class QuantLinear:
         """x [..., in] -> [..., out] float32."""
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self._in).to(torch.float32)  # [T, in]
-        if self._k is not None and x2.shape[0] <= GEMV_MAX_T:
+        if self._k is not None and x2.shape[0] <= self.kernel_max_t:
             y = self._k.gemv(self.packed, self.ggml_type, x2.contiguous(), self._threads())
         else:
             y = self._chunked_matmul(x2)

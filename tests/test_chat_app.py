@@ -420,10 +420,16 @@ def test_default_model_complete_mode_stop_and_responsiveness(qtbot, open_chat, d
 
     fields = GGUFReader(str(default_gguf)).fields
     file_type = LlamaFileType(int(fields["general.file_type"].contents())).name
-    name, arch, params, quant, size = ctl.model_label.text().split(" · ")
+    name, arch, params, quant, size, compute = ctl.model_label.text().split(" · ")
     assert (name, arch) == (fields["general.name"].contents(), "gemma3")
     assert quant == file_type.removeprefix("MOSTLY_")
     assert quant == "Q4_K_M" and params.endswith(" params") and size.endswith("MiB")
+    # ... and which code multiplies the weights, with the reason in the tooltip
+    from engine import kernels
+
+    assert compute == kernels.compute_path()[0]
+    assert compute == (f"{kernels.isa()} kernels" if kernels.available() else "portable path")
+    assert kernels.status().reason in ctl.model_label.toolTip()
 
     # A complete reply equals engine.generate's for the same seed.
     prompt = "The three primary colors are"

@@ -253,12 +253,13 @@ def test_quant_linear_forward(tiny_file, mode, name):
     w64 = reference_weight(raw, t)
     assert (ql.out_features, ql.in_features) == w64.shape
     assert ql.nbytes == raw.nbytes == gf.tensor(name).n_bytes  # packed, not float32
-    for T in (1, GEMV_MAX_T + 5):  # fused GEMV / chunked dequantize + GEMM
+    assert ql.kernel_max_t >= (GEMV_MAX_T if mode == "kernels" else 0)
+    for T in (1, max(ql.kernel_max_t, GEMV_MAX_T) + 5):  # fused GEMV / chunked dequantize + GEMM
         x = random_x(T, ql.in_features, seed=T)
         y = ql(x).double().numpy()
         exact = x.double().numpy() @ w64.T
         mag = np.abs(x.double().numpy()) @ np.abs(w64).T
-        if mode == "kernels" and T <= GEMV_MAX_T:  # activations rounded to 8 bits
+        if mode == "kernels" and T <= ql.kernel_max_t:  # activations rounded to 8 bits
             bound = np.sqrt(act_block(t)) / 254 * np.outer(np.linalg.norm(x.numpy(), axis=1),
                                                            np.linalg.norm(w64, axis=1))
             assert np.all(np.abs(y - exact) <= bound * 1.0001)
@@ -275,7 +276,7 @@ def test_quant_linear_small_chunks_and_bias(tiny_file, mode, monkeypatch):
     ql = QuantLinear.from_gguf(gf, gf.tensor("q4k.weight"), bias=gf.tensor("bias"))
     w64 = reference_weight(*tensors["q4k.weight"])
     b = tensors["bias"][0].astype(np.float64)
-    half = GEMV_MAX_T // 2 + 2  # 2 * half tokens > GEMV_MAX_T: the dequantize + GEMM path
+    half = ql.kernel_max_t // 2 + 2  # 2 * half tokens > kernel_max_t: the dequantize + GEMM path
     x = random_x(2 * half, 512).view(2, half, 512)  # leading dims are kept
     y = ql(x)
     assert y.shape == (2, half, 33)

@@ -58,10 +58,14 @@ class ChatStatus:
             bar.addPermanentWidget(lab)
 
     def set_model(self, name: str, arch: str, n_params: int, quant: str, file_size: int,
-                  path: str) -> None:
-        self.model_label.setText(f"{name} · {arch} · {human_count(n_params)} params · "
-                                 f"{quant} · {human_bytes(file_size)}")
-        self.model_label.setToolTip(path)
+                  path: str, compute: str = "", compute_why: str = "") -> None:
+        """`compute`: which code multiplies the weights ("avx2 kernels", "portable path"), with
+        the reason in the tooltip."""
+        text = (f"{name} · {arch} · {human_count(n_params)} params · {quant} · "
+                f"{human_bytes(file_size)}")
+        self.model_label.setText(f"{text} · {compute}" if compute else text)
+        tip = path if not compute_why else f"{path}\nCPU path: {compute} ({compute_why})"
+        self.model_label.setToolTip(tip)
 
     def set_model_text(self, text: str) -> None:
         """Free text in the model field: "No model", "Loading X…"."""

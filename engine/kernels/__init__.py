@@ -54,7 +54,7 @@ from engine.kernels.build_flags import (CFLAGS, LDFLAGS, REQUIRED_CPU_FLAGS, cpu
                                         cpu_problem, kernel_arch, kernel_files, source_define,
                                         source_tag)
 
-__all__ = ["load", "isa", "isa_options", "available", "disabled_reason", "status", "needs_build", "build_dir",
+__all__ = ["load", "isa", "isa_options", "compute_path", "available", "disabled_reason", "status", "needs_build", "build_dir",
            "KernelStatus", "PREPARING_MESSAGE", "SOURCES", "EXTENSION_NAME"]
 
 EXTENSION_NAME = "llmlens_qgemv"
@@ -347,6 +347,18 @@ def isa_options() -> list[str]:
     if mod is None:
         return []
     return [s.strip() for s in mod.isa_options().split(",")] if hasattr(mod, "isa_options") else ["avx2"]
+
+
+def compute_path() -> tuple[str, str]:
+    """(short, why) for the status bar and `llmlens bench`: ("avx512-vnni kernels", "installed
+    library …") or ("portable path", "LLMLENS_NO_KERNELS is set"). Never compiles anything:
+    before `load()` has run it says so."""
+    if _status.path == "not-loaded":
+        return "kernels not loaded yet", _status.reason
+    if _module is None:
+        return "portable path", _status.reason
+    name = _module.isa() if hasattr(_module, "isa") else "avx2"
+    return f"{name} kernels", _status.reason
 
 
 def available() -> bool:
