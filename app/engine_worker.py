@@ -81,6 +81,9 @@ def model_info(model, tokenizer, path: Path, load_seconds: float) -> dict[str, A
     except (KeyError, ValueError, TypeError):
         pass
     template = md.get("tokenizer.chat_template")
+    from engine import kernels
+
+    compute, compute_why = kernels.compute_path()
     return {
         "path": str(path),
         "name": md.get("general.name") or path.stem,
@@ -93,6 +96,8 @@ def model_info(model, tokenizer, path: Path, load_seconds: float) -> dict[str, A
         "n_vocab": model.n_vocab,
         "has_chat_template": isinstance(template, str) and bool(template.strip()),
         "load_seconds": load_seconds,
+        "compute": compute,          # "avx2 kernels", "neon-dotprod kernels", "portable path"
+        "compute_why": compute_why,  # which library, or why there is none
         # what the inspection panels need to lay out their axes
         "n_layer": model.config.n_layer,
         "n_head": model.config.n_head,
@@ -128,7 +133,13 @@ class EngineWorker(EngineSignals):
         super().__init__()
         self.model = None
         self.tokenizer = None
-        self.cache = None  # the KV cache, preallocated once per loaded model
+        self.cache = None  # the KV cache of the reply in progress (or the last one)
+        # engine.kv_cache.CachePool: the caches of the last few conversations, kept across
+        # replies so that no turn re-reads its conversation; one per loaded model
+        self.caches = None
+        # id(cache) -> (the LiveTrace that recorded the routing of what that cache holds, the
+        # ids of the positions it recorded)
+        self._cache_traces: dict[int, tuple[Any, list[int]]] = {}
         self.info: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._cancelled: set[int] = set()
@@ -183,7 +194,8 @@ class EngineWorker(EngineSignals):
             if self.is_cancelled(request_id):
                 self.loadCancelled.emit(request_id)
                 return
-            self.model, self.tokenizer, self.cache = model, tokenizer, None
+            self.model, self.tokenizer, self.cache, self.caches = model, tokenizer, None, None
+            self._cache_traces = {}
             self.info = model_info(model, tokenizer, resolved, time.perf_counter() - t0)
             self.modelLoaded.emit(request_id, dict(self.info))
         except Exception as exc:  # noqa: BLE001 - any failure must reach the window, not kill the thread
@@ -283,40 +295,101 @@ class EngineWorker(EngineSignals):
         params = SamplingParams(**request.params)
         batch: list[TokenRecord] = []
         last_emit = time.perf_counter()
-        if self.cache is None:
-            self.cache = model.new_cache()  # reused: no 100 MB allocation per reply
+        if self.caches is None:
+            from engine.kv_cache import CachePool
+
+            # Other conversations' caches may hold up to 1/8 of the memory free now (512 MiB at
+            # most) on top of the one the load-time estimate counts.
+            budget = min(512 << 20, psutil.virtual_memory().available // 8)
+            self.caches = CachePool(model.new_cache, max_caches=3, budget_bytes=budget)
+        # The cache is kept across replies: generate() processes only what follows the longest
+        # prefix it already holds. A trace must still show every position (see _trace_reuse).
+        self.cache = self.caches.take(ids)
+        self.caches.trim()  # the other conversations' caches, within the budget
+        kept = {id(c) for c in self.caches.caches}
+        self._cache_traces = {k: t for k, t in self._cache_traces.items() if k in kept}
+        max_reuse = self._trace_reuse(ids, trace)
+        self._cache_traces.pop(id(self.cache), None)  # until this reply has recorded into trace
         events = generate(model, tok, ids, params, max_new_tokens=max_new,
                           should_stop=lambda: self.is_cancelled(request_id), cache=self.cache,
-                          trace=trace.recorder if trace is not None else None)
-        for ev in events:
-            if isinstance(ev, Token):
-                batch.append(TokenRecord(ev.index, ev.id, ev.text, float(ev.prob),
-                                         tuple(ev.top), ev.seconds))
-                now = time.perf_counter()
-                if now - last_emit >= BATCH_SECONDS:
-                    self.tokens.emit(request_id, batch)
-                    batch, last_emit = [], now
-            elif isinstance(ev, PromptDone):
-                self.promptDone.emit(request_id, {"n_tokens": ev.n_tokens, "seconds": ev.seconds,
-                                                  "tok_s": ev.tok_s})
-            elif isinstance(ev, Done):
-                if batch:
-                    self.tokens.emit(request_id, batch)
-                    batch = []
-                self.finished.emit(request_id, {"reason": ev.reason, "text": ev.text,
-                                                "timings": _timings_dict(ev.timings),
-                                                "n_ctx": model.n_ctx})
-                return
-        if batch:  # a generator that ended without Done (should not happen): still deliver
-            self.tokens.emit(request_id, batch)
-        self.finished.emit(request_id, {"reason": "stop", "text": None, "timings": {},
-                                        "n_ctx": model.n_ctx})
+                          trace=trace.recorder if trace is not None else None,
+                          max_reuse=max_reuse)
+        try:
+            for ev in events:
+                if isinstance(ev, Token):
+                    batch.append(TokenRecord(ev.index, ev.id, ev.text, float(ev.prob),
+                                             tuple(ev.top), ev.seconds))
+                    now = time.perf_counter()
+                    if now - last_emit >= BATCH_SECONDS:
+                        self.tokens.emit(request_id, batch)
+                        batch, last_emit = [], now
+                elif isinstance(ev, PromptDone):
+                    self.promptDone.emit(request_id, {
+                        "n_tokens": ev.n_tokens, "seconds": ev.seconds, "tok_s": ev.tok_s,
+                        "n_reused": ev.n_reused})
+                elif isinstance(ev, Done):
+                    if batch:
+                        self.tokens.emit(request_id, batch)
+                        batch = []
+                    self.finished.emit(request_id, {"reason": ev.reason, "text": ev.text,
+                                                    "timings": _timings_dict(ev.timings),
+                                                    "n_ctx": model.n_ctx})
+                    return
+            if batch:  # a generator that ended without Done (should not happen): still deliver
+                self.tokens.emit(request_id, batch)
+            self.finished.emit(request_id, {"reason": "stop", "text": None, "timings": {},
+                                            "n_ctx": model.n_ctx})
+        finally:
+            # what the trace's routing rows describe: the positions this reply forwarded
+            if trace is not None and trace.recorder.wants("moe_topk_ids"):
+                self._cache_traces[id(self.cache)] = (trace, list(self.cache.ids))
+
+    def _trace_reuse(self, ids: list[int], trace) -> int | None:
+        """How many cached prompt positions generate() may keep when recording into `trace`.
+
+        Without a trace: all it can. A LiveTrace keeps only the newest step's last attention
+        row, which a shorter prompt pass records just the same; but it keeps the routing of
+        every position, so for routing the kept positions' rows are copied from the trace that
+        recorded them (the previous reply's, when it recorded routing and the GUI has not
+        cleared it since), and where that trace has no rows the prompt is processed in full:
+        the panels never show missing or stale routing."""
+        from engine.generate import reusable_prefix
+        from engine.kv_cache import common_prefix
+
+        if trace is None or not trace.recorder.wants("moe_topk_ids"):
+            return None if trace is None else reusable_prefix(self.cache, ids)
+        previous, recorded = self._cache_traces.get(id(self.cache), (None, []))
+        have = 0
+        if previous is not None and previous is not trace:
+            # rows [0, have) describe exactly these ids (another conversation may have been
+            # copied into this cache since, or the GUI cleared that trace)
+            have = min(previous.n_tokens, common_prefix(recorded, ids))
+        n = reusable_prefix(self.cache, ids, have)
+        if n:
+            copy_routing(previous, trace, n)
+        return n
+
+
+def copy_routing(source, target, n: int) -> None:
+    """Give LiveTrace `target` the routing `source` recorded for positions [0, n), through
+    the recorder interface the model itself writes with (one step of n tokens)."""
+    import torch
+
+    snap = source.snapshot_routing(0, n)
+    fields = {"moe_topk_ids": snap.topk_ids, "moe_topk_weights": snap.topk_weights,
+              "moe_probs": snap.router_probs, "moe_select_scores": snap.select_scores,
+              "moe_groups_kept": snap.groups_kept}
+    rec = target.recorder
+    rec.begin_step(0, n)
+    for name, by_layer in fields.items():
+        for layer, rows in by_layer.items():
+            rec.record(name, layer, torch.from_numpy(rows))  # [n, k] or [n, n_expert]
 
 
 def _timings_dict(t) -> dict[str, Any]:
     out = {}
     for name in ("prompt_tokens", "prompt_tok_s", "ttft_s", "gen_tokens", "gen_tok_s",
-                 "cache_bytes_per_token"):
+                 "cache_bytes_per_token", "prompt_reused"):
         value = getattr(t, name)
         if isinstance(value, float) and not math.isfinite(value):
             value = None

@@ -472,7 +472,7 @@ class InspectController(QObject):
 
     def _on_prompt_processed(self, info: dict) -> None:
         self.throughput.prompt_done(int(info["n_tokens"]), float(info["seconds"]),
-                                    float(info["tok_s"]))
+                                    float(info["tok_s"]), int(info.get("n_reused") or 0))
 
     def _on_reply_finished(self, stats: dict) -> None:
         self._live.stop()
@@ -506,14 +506,15 @@ def reply_timings(stats: dict[str, Any], info: dict[str, Any] | None,
         return None
     per_token = int(stats.get("cache_bytes_per_token") or (info or {}).get("cache_bytes_per_token")
                     or 0)
-    n = int(stats.get("prompt_tokens") or 0) + int(stats.get("gen_tokens") or 0)
+    n = (int(stats.get("prompt_tokens") or 0) + int(stats.get("prompt_reused") or 0)
+         + int(stats.get("gen_tokens") or 0))  # positions in the cache, kept ones included
     return ReplyTimings(prompt_tokens=int(stats.get("prompt_tokens") or 0),
                         prompt_tok_s=float(stats.get("prompt_tok_s") or 0.0),
                         ttft_s=stats.get("ttft_s"), gen_tokens=int(stats.get("gen_tokens") or 0),
                         gen_tok_s=float(stats.get("gen_tok_s") or 0.0),
                         per_token_s=tuple(stats.get("per_token_s") or ()),
                         cache_bytes_per_token=per_token, cache_bytes=per_token * n,
-                        rss_bytes=int(rss))
+                        rss_bytes=int(rss), prompt_reused=int(stats.get("prompt_reused") or 0))
 
 
 def install_inspect(window: MainWindow, chat) -> InspectController:

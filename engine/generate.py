@@ -4,7 +4,14 @@
         PromptDone -> the prompt is in the cache;  Token -> one new token;  Done -> finished
 
 The CLI, the tests and the Qt worker all drive this one function. The prompt is processed in
-batched chunks, then one token per step with the static KV cache. Generation stops on an
+batched chunks, then one token per step with the static KV cache.
+
+A cache passed in is kept across calls, as llama.cpp's server keeps a slot's: the cache knows the
+ids it holds (engine/kv_cache.py `TokenCache`), and only the part of the new prompt after the
+longest common prefix is processed (always at least its last token, whose logits give the first
+new token). So the next chat turn, a regenerated reply, an edited last message or a changed
+system prompt cost only the tokens from the first difference on. PromptDone and Timings count
+the tokens processed and the ones reused. Generation stops on an
 end-of-generation id, a stop string (not included in the text), max_new_tokens,
 `should_stop()` (checked before every step) or the end of the context.
 """
@@ -19,7 +26,7 @@ from typing import Literal, Union
 import torch
 
 from engine.errors import ContextOverflowError, LLMLensError
-from engine.kv_cache import KVCache
+from engine.kv_cache import KVCache, TokenCache
 from engine.sampling import SamplingParams, make_generator, make_sampler
 from engine.trace import Recorder
 
@@ -31,9 +38,10 @@ PROMPT_CHUNK = 128
 
 @dataclass(frozen=True)
 class PromptDone:
-    n_tokens: int
+    n_tokens: int  # prompt tokens processed by this call
     seconds: float
     tok_s: float
+    n_reused: int = 0  # leading prompt tokens whose cache entries were kept from earlier calls
 
 
 @dataclass(frozen=True)
@@ -48,13 +56,14 @@ class Token:
 
 @dataclass(frozen=True)
 class Timings:
-    prompt_tokens: int
+    prompt_tokens: int  # processed by this call (the prompt is prompt_tokens + prompt_reused)
     prompt_tok_s: float
     ttft_s: float | None  # start of generate() to the first token; None if none came
     gen_tokens: int
     gen_tok_s: float  # decode steps per second (the first token comes from the prompt pass)
     per_token_s: tuple[float, ...]
     cache_bytes_per_token: int
+    prompt_reused: int = 0  # prompt tokens taken from the kept cache instead of processed
 
 
 @dataclass(frozen=True)
@@ -99,6 +108,24 @@ def prefill(model, ids: Sequence[int], cache: KVCache, start_pos: int = 0,
     return logits
 
 
+def reusable_prefix(cache: TokenCache | None, prompt: Sequence[int],
+                    max_reuse: int | None = None) -> int:
+    """How many leading tokens of `prompt` generate() would take from `cache` rather than
+    process (0 for a cache that does not track its ids)."""
+    if cache is None or not hasattr(cache, "reusable"):
+        return 0
+    return cache.reusable([int(i) for i in prompt], max_reuse)
+
+
+def _prompt_pieces(start: int, end: int, checkpoint_at: int | None) -> list[tuple[int, int]]:
+    """[start, end) in PROMPT_CHUNK-token passes, with a cut at `checkpoint_at` if given."""
+    cuts = [start]
+    for stop in ([checkpoint_at] if checkpoint_at is not None else []) + [end]:
+        while cuts[-1] < stop:
+            cuts.append(min(stop, cuts[-1] + PROMPT_CHUNK))
+    return list(zip(cuts, cuts[1:]))
+
+
 def _first_stop(text: str, stops: Sequence[str], start: int) -> int | None:
     """Index of the earliest stop string occurring at or after `start`."""
     found = [i for s in stops if (i := text.find(s, start)) >= 0]
@@ -119,11 +146,16 @@ def _pending_len(text: str, stops: Sequence[str]) -> int:
 def generate(model, tokenizer, prompt_ids: Sequence[int], params: SamplingParams = SamplingParams(),
              max_new_tokens: int = 256, stop_strings: Sequence[str] = (),
              should_stop: Callable[[], bool] = lambda: False, trace: Recorder | None = None,
-             top_n: int = 5, cache: KVCache | None = None) -> Iterator[Event]:
+             top_n: int = 5, cache: TokenCache | None = None,
+             max_reuse: int | None = None) -> Iterator[Event]:
     """Generate from `prompt_ids`; yields PromptDone, then Token per token, then Done.
 
-    `cache` may be passed to reuse preallocated buffers across calls (it is overwritten);
-    its n_ctx (else model.n_ctx) bounds prompt plus generation.
+    `cache` may be passed to keep buffers and entries across calls: the longest prefix of the
+    prompt it already holds (at most `max_reuse` tokens) is not processed again; its n_ctx
+    (else model.n_ctx) bounds prompt plus generation. A `trace` records only the positions
+    processed, so with a trace nothing is reused unless `max_reuse` says how much may be
+    (the caller knows whether its recorder needs the earlier rows; a LiveTrace keeps only
+    the last attention row, but routing of every position).
     """
     prompt = [int(i) for i in prompt_ids]
     n_ctx = cache.n_ctx if cache is not None else model.n_ctx
@@ -136,27 +168,44 @@ def generate(model, tokenizer, prompt_ids: Sequence[int], params: SamplingParams
     stops = tuple(s for s in stop_strings if s)
     t_start = time.perf_counter()
     cache = cache if cache is not None else model.new_cache(n_ctx)
-    cache.reset()
+    tracked = hasattr(cache, "reusable")  # a TokenCache (every model's new_cache makes one)
+    if max_reuse is None and trace is not None:
+        max_reuse = 0  # the recorder would miss the reused positions
+    reused = reusable_prefix(cache, prompt, max_reuse)
+    if tracked:
+        cache.truncate(reused)
+    else:
+        cache.reset()
+    n_new = len(prompt) - reused
 
     def timings(per_token: list[float], prompt_s: float, ttft: float | None) -> Timings:
         decode_s = sum(per_token[1:])
-        return Timings(prompt_tokens=len(prompt),
-                       prompt_tok_s=len(prompt) / prompt_s if prompt_s > 0 else 0.0,
+        return Timings(prompt_tokens=n_new,
+                       prompt_tok_s=n_new / prompt_s if prompt_s > 0 else 0.0,
                        ttft_s=ttft, gen_tokens=len(per_token),
                        gen_tok_s=(len(per_token) - 1) / decode_s if decode_s > 0 else 0.0,
-                       per_token_s=tuple(per_token), cache_bytes_per_token=cache.bytes_per_token)
+                       per_token_s=tuple(per_token), cache_bytes_per_token=cache.bytes_per_token,
+                       prompt_reused=reused)
 
-    # -- prompt: batched passes, only the last row of logits is needed
+    # -- prompt: batched passes over what the cache does not hold; only the last row of logits
+    # is needed. A cache that cannot go back to any position (a convolution state) saves its
+    # state before the last prompt token: regenerating this prompt restarts from there.
+    checkpoint_at = (len(prompt) - 1 if tracked and not cache.any_position
+                     and n_new > 1 else None)
     logits = None
-    for start in range(0, len(prompt), PROMPT_CHUNK):
+    for start, end in _prompt_pieces(reused, len(prompt), checkpoint_at):
         if should_stop():
             yield Done("cancelled", "", timings([], 0.0, None))
             return
-        chunk = torch.tensor(prompt[start:start + PROMPT_CHUNK], dtype=torch.long)
+        if start == checkpoint_at:
+            cache.checkpoint()
+        chunk = torch.tensor(prompt[start:end], dtype=torch.long)
         logits = model.forward(chunk, cache, start, trace, all_logits=False)  # [1, V]
+        if tracked:
+            cache.extend(prompt[start:end])
     trim_heap()
     prompt_s = time.perf_counter() - t_start
-    yield PromptDone(len(prompt), prompt_s, len(prompt) / prompt_s if prompt_s > 0 else 0.0)
+    yield PromptDone(n_new, prompt_s, n_new / prompt_s if prompt_s > 0 else 0.0, reused)
 
     # -- decode: one token per step
     eog = set(tokenizer.eot_ids) | ({tokenizer.eos_id} if tokenizer.eos_id is not None else set())
@@ -183,6 +232,8 @@ def generate(model, tokenizer, prompt_ids: Sequence[int], params: SamplingParams
                 break
             ids = torch.tensor(history[-1:], dtype=torch.long)
             logits = model.forward(ids, cache, pos, trace, all_logits=False)  # [1, V]
+            if tracked:
+                cache.extend(history[-1:])
         row = logits[-1].float()  # [V]
         tid = sampler(row, history, generator)
         if tid in eog:

@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+# DeepSeek's MLA cache in float32: the reference tests compare exact products against
+# transformers (float16 latents, the default, are checked in tests/test_kv_reuse.py).
+os.environ.setdefault("LLMLENS_MLA_CACHE", "f32")
 
 
 @pytest.fixture(scope="session")

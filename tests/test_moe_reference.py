@@ -274,9 +274,14 @@ def test_quantized_moe_model_keeps_experts_packed(tiny_model_factory, monkeypatc
     stacks = [s for b in model.blocks for s in (b.moe.gate, b.moe.up, b.moe.down)]
     assert all(s._packed is not None and s._dense is None for s in stacks)
 
-    kernel = model.forward(ids, model.new_cache(64), 0)
-    assert all(len(s._linears) > 0 for s in stacks)  # the QuantLinear path really ran
+    kernel = model.forward(ids, model.new_cache(64), 0)  # grouped kernel calls, if kernels
+    from engine.moe import MoEFeedForward
+
+    monkeypatch.setattr(MoEFeedForward, "_grouped", lambda self: False)  # one QuantLinear per expert
     monkeypatch.setattr(ql, "GEMV_MAX_T", 0)           # every call takes the exact path
+    monkeypatch.setattr(ql, "KERNEL_MAX_T", {})
+    model.forward(ids[:2], model.new_cache(64), 0)
+    assert all(len(s._linears) > 0 for s in stacks)  # the QuantLinear path really ran
     rec_q = Recorder()
     exact = model.forward(ids, model.new_cache(64), 0, rec_q)
     for s in stacks:
@@ -320,3 +325,36 @@ def test_routing_trace_json(tiny_model_factory, tmp_path):
             assert t["experts"][li] == [int(v) for v in ids[li][i]]
             assert len(t["experts"][li]) == k and len(set(t["experts"][li])) == k
             assert t["weights"][li] == sorted(t["weights"][li], reverse=True)
+
+
+def test_moe_grouped_kernel_equals_per_expert_loop(tiny_model_factory, monkeypatch):
+    """Decode steps and prompt passes send the tokens of all experts through one grouped kernel
+    call per projection; the logits equal the per-expert loop's up to float summation order."""
+    from engine import kernels
+    from engine.moe import MoEFeedForward
+
+    if kernels.load() is None:
+        pytest.skip(f"fused kernels unavailable here: {kernels.disabled_reason()}")
+    tm = tiny_model_factory("qwen3moe")
+    ids = torch.from_numpy(tm.load_ref()["ids"])[:8]
+    model = load("qwen3moe", tm.gguf["q8_0"])
+    calls = []
+    real = MoEFeedForward._experts_grouped
+
+    def counting(self, *a):
+        calls.append(1)
+        return real(self, *a)
+
+    def logits() -> tuple[torch.Tensor, torch.Tensor]:
+        cache = model.new_cache(32)
+        steps = torch.cat([model.forward(ids[i:i + 1], cache, i) for i in range(len(ids))])
+        prompt = model.forward(ids, model.new_cache(32), 0, all_logits=True)
+        return steps, prompt
+
+    monkeypatch.setattr(MoEFeedForward, "_experts_grouped", counting)
+    steps, prompt = logits()
+    assert len(calls) >= 2 * len(ids) * len(model.moe_layers) // 2  # the grouped path really ran
+    monkeypatch.setattr(MoEFeedForward, "_grouped", lambda self: False)
+    steps_loop, prompt_loop = logits()
+    assert max_rel_err(steps.numpy(), steps_loop.numpy()) < 1e-5
+    assert max_rel_err(prompt.numpy(), prompt_loop.numpy()) < 1e-5

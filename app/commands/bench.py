@@ -1,9 +1,17 @@
-"""`llmlens bench MODEL [-p 512] [-n 128] [-t THREADS] [--reps 3] [--json]`, like llama-bench.
+"""`llmlens bench MODEL [-p 512] [-n 128] [-d DEPTH] [-t THREADS] [--reps 3] [--json]`, like llama-bench.
+
+It also states the CPU, the instruction sets the kernels use, the KV cache bytes per token,
+and the machine's memory read bandwidth with the decode speed that bounds (`--no-bandwidth`
+skips that probe); `-d N` times prompt and decode after N tokens of cached context.
 
 `--url URL [--api-key K]` measures instead a running OpenAI-compatible server (`llmlens
 serve`, llama.cpp's llama-server, vLLM, ...) from its stream, the same way for any of them
 (app.remote_backend): time to first token and decode tok/s as they arrive on this side of the
 wire, next to what the server reports (`usage`, llama.cpp-style `timings`) when it does.
+
+`--chat-turns N` plays instead an N-turn conversation through the app's prompt building and
+engine worker (app/bench_chat.py) and reports, per turn, the time to first token and the prompt
+tokens processed and kept in the cache (and the same without keeping the cache).
 
 `--inspect` measures instead what the live trace (engine.trace.LiveTrace: attention rows and
 MoE routing of every decode step) costs: decode tok/s with it on and off, interleaved, and
@@ -27,8 +35,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: physical cores)")
     p.add_argument("--reps", type=int, default=3, help="repetitions (default 3)")
     p.add_argument("--json", action="store_true", help="print one JSON object of medians")
+    p.add_argument("-d", "--depth", type=int, default=0,
+                   help="cache N tokens of context first, then time prompt and decode after them "
+                        "(like llama-bench -d; default 0)")
+    p.add_argument("--no-bandwidth", action="store_true",
+                   help="skip the memory-bandwidth probe (and the decode bound it gives)")
     p.add_argument("--inspect", action="store_true",
                    help="decode speed with the live trace (attention + routing) on vs off")
+    p.add_argument("--chat-turns", type=int, default=0, metavar="N",
+                   help="play an N-turn chat through the app's code path: TTFT and prompt "
+                        "tokens processed per turn")
+    p.add_argument("--chat-reply-tokens", type=int, default=16, metavar="N",
+                   help="with --chat-turns: tokens generated per reply at most (default 16)")
     p.add_argument("--url", default=None,
                    help="measure the OpenAI-compatible server at URL instead of a local model")
     p.add_argument("--api-key", default=None,
@@ -44,22 +62,53 @@ def run(args: argparse.Namespace) -> int:
     path = resolve_model_path(args.model)
     if args.inspect:
         return _run_inspect(args, path, progress)
+    if args.chat_turns:
+        from app.bench_chat import print_chat_bench, run_chat_bench
+
+        s = run_chat_bench(path, turns=args.chat_turns, max_new_tokens=args.chat_reply_tokens,
+                           threads=args.threads, reps=max(1, args.reps), progress=progress)
+        print(json.dumps(s)) if args.json else print_chat_bench(s)
+        return 0
     result = run_bench(path, n_prompt=args.n_prompt, n_gen=args.n_gen, threads=args.threads,
-                       reps=max(1, args.reps), progress=progress)
+                       reps=max(1, args.reps), progress=progress, depth=args.depth,
+                       bandwidth=not args.no_bandwidth)
     s = result.summary()
     if args.json:
         print(json.dumps(s))
         return 0
     print(f"model   {s['model']}  ({s['file_size_mb']:.1f} MiB, {s['threads']} threads, {s['reps']} reps)")
-    rows = [("prompt", "prompt_tok_s", "tok/s", f"pp{s['n_prompt']}"),
-            ("decode", "gen_tok_s", "tok/s", f"tg{s['n_gen']}"),
+    _print_machine(s)
+    at = f" @ d{s['depth']}" if s["depth"] else ""
+    rows = [("prompt", "prompt_tok_s", "tok/s", f"pp{s['n_prompt']}{at}"),
+            ("decode", "gen_tok_s", "tok/s", f"tg{s['n_gen']}{at}"),
             ("TTFT", "ttft_s", "s", "32-token prompt"),
             ("load", "load_s", "s", "")]
     for label, key, unit, note in rows:
         print(f"{label:<7} {s[key]:>10.3f} {unit:<6} (min {s[key + '_min']:.3f}, max {s[key + '_max']:.3f}) {note}")
     print(f"memory  RSS before load {s['rss_before_load_mb']:.0f} MiB, peak {s['peak_rss_mb']:.0f} MiB, "
           f"model {s['model_memory_mb']:.0f} MiB = {s['model_memory_ratio']:.2f}x file")
+    _print_bound(s)
     return 0
+
+
+def _print_machine(s: dict) -> None:
+    print(f"cpu     {s['cpu']}; has {' '.join(s['cpu_isas']) or 'no SIMD flags reported'}")
+    print(f"kernels {s['kernel_isa']} ({s['kernel_path']}: {s['kernel_reason']})")
+
+
+def _print_bound(s: dict) -> None:
+    n_ctx = s["depth"] + s["n_prompt"] + s["n_gen"]
+    print(f"KV      {s['kv_cache_bytes_per_token'] / 2**10:.1f} KiB per token of context "
+          f"({s['kv_cache_bytes_per_token'] * n_ctx / 2**20:.0f} MiB at {n_ctx} tokens)"
+          + (f"; {s['depth']}-token fill at {s['depth_fill_tok_s']:.1f} tok/s" if s["depth"] else ""))
+    if s["mem_bandwidth_gbs"] is None:
+        return
+    per_token = (s["decode_weight_bytes_per_token"] + s["decode_kv_bytes_per_token"]) / 2**20
+    print(f"bound   memory read {s['mem_bandwidth_gbs']:.1f} GB/s ({s['threads']}-thread streaming "
+          f"read of {s['bandwidth_probe_mb']:.0f} MiB); a decode step reads {per_token:.1f} MiB "
+          f"({s['decode_weight_bytes_per_token'] / 2**20:.1f} weights + "
+          f"{s['decode_kv_bytes_per_token'] / 2**20:.1f} KV) -> at most "
+          f"{s['decode_bound_tok_s']:.1f} tok/s; decode runs at {s['decode_share_of_bound']:.0%} of it")
 
 
 def _run_inspect(args: argparse.Namespace, path, progress) -> int:

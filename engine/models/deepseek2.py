@@ -5,8 +5,8 @@ shared RoPE key `k_pe` (qk_rope dims, the same for every head). Per head, the "n
 the value are linear maps of `c` (W_kb, W_vb). We never materialise them: the query's nope
 part is pushed into latent space (`q_nope @ W_kb`, "absorbed"), scores are taken against the
 cached latents, and the attention output is mapped through W_vb afterwards. So the cache holds
-`kv_lora_rank + qk_rope` floats per token per layer (576 for V2-Lite) instead of
-`2 * n_head * head_dim` (6144) — what the MLA paper promises.
+`kv_lora_rank + qk_rope` values per token per layer (576 for V2-Lite, stored as float16 like
+llama.cpp) instead of `2 * n_head * head_dim` (6144) — what the MLA paper promises.
 
 Both GGUF layouts load: the older single `attn_kv_b` [H*(nope+v), kv_lora] and the newer split
 `attn_k_b` [H, kv_lora, nope] (stored transposed) / `attn_v_b` [H, v, kv_lora].
@@ -20,6 +20,7 @@ with always-on shared experts plus top-k routed experts (softmax, or sigmoid + s
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -28,6 +29,7 @@ import torch
 from engine import kernels
 from engine.errors import ContextOverflowError
 from engine.gguf.reader import GGUFFile, TensorInfo
+from engine.kv_cache import TokenCache
 from engine.layers import FusedLinear, GatedMLP, RoPE, YarnParams
 from engine.linear import release_pages
 from engine.models.base import (COMMON_KEYS, AttnKind, ForwardStep, Model, TransformerConfig,
@@ -133,16 +135,33 @@ def make_mla_rope(cfg: DeepseekV2Config) -> RoPE:
 
 # ----------------------------------------------------------------------------- cache
 
-class MLACache:
+def mla_cache_dtype() -> torch.dtype:
+    """float16, as llama.cpp keeps the latent cache; LLMLENS_MLA_CACHE=f32 keeps float32 (exact
+    products, twice the memory: what the reference tests compare against transformers with,
+    since float16 rounding alone moves a tiny random 27-layer model's logits by ~1e-2, and
+    llama.cpp's with its f16 cache as much)."""
+    value = os.environ.get("LLMLENS_MLA_CACHE", "f16").strip().lower()
+    if value not in ("f16", "f32"):
+        raise ValueError(f"LLMLENS_MLA_CACHE must be f16 or f32, got {value!r}")
+    return torch.float32 if value == "f32" else torch.float16
+
+
+class MLACache(TokenCache):
     """Per layer one buffer [n_ctx, kv_lora_rank + qk_rope]: the normed latent c, then k_pe
-    (already rotated). Nothing per head is stored."""
+    (already rotated). Nothing per head is stored.
+
+    float16 by default (`mla_cache_dtype`), as llama.cpp stores it: half the bytes per token of
+    float32 (V2-Lite: 31 KB instead of 62 KB), and the latents are RMS-normed, far inside
+    float16's range. Rows are read back as float32 (`update` returns a float32 copy), so
+    scores and outputs are computed in float32 as before."""
 
     def __init__(self, n_layers: int, n_ctx: int, kv_lora_rank: int, qk_rope: int,
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float16):
+        super().__init__()
         self.n_ctx = n_ctx
         self.kv_lora_rank = kv_lora_rank
         # empty, not zeros: rows past n_filled are never read, and a long context's pages cost
-        # no RAM until a conversation reaches them (243 MiB at 4096 tokens for V2-Lite)
+        # no RAM until a conversation reaches them (122 MiB at 4096 tokens for V2-Lite)
         self.latents = [torch.empty(n_ctx, kv_lora_rank + qk_rope, dtype=dtype)
                         for _ in range(n_layers)]
         self.n_filled = 0
@@ -153,20 +172,27 @@ class MLACache:
     def nbytes(self) -> int:
         return self.bytes_per_token * self.n_ctx
 
+    def copy_prefix(self, source: "MLACache", n: int) -> int:
+        for dst, src in zip(self.latents, source.latents):
+            dst[:n] = src[:n]
+        self.ids = list(source.ids[:n])
+        self.n_filled = n
+        self.high_water = max(self.high_water, n)
+        return n
+
     def update(self, layer: int, start_pos: int, kv: torch.Tensor) -> torch.Tensor:
-        """Store kv [T, kv_lora + rope] at [start_pos, start_pos + T); return [start_pos + T, ...]."""
+        """Store kv [T, kv_lora + rope] at [start_pos, start_pos + T); return all rows so far,
+        [start_pos + T, kv_lora + rope], as float32."""
         end = start_pos + kv.shape[0]
         if end > self.n_ctx:
             raise ContextOverflowError(f"position {end - 1} is past the end of the context "
                                        f"({self.n_ctx} tokens)")
+        self._forget_from(start_pos)
         buf = self.latents[layer]
         buf[start_pos:end] = kv
         if layer == len(self.latents) - 1:
             self.n_filled = end
-        return buf[:end]
-
-    def reset(self) -> None:
-        self.n_filled = 0
+        return buf[:end].float()  # a copy when float16; the view itself when float32
 
 
 # ----------------------------------------------------------------------------- blocks
@@ -304,11 +330,14 @@ class DeepseekV2Model(Model):
     @classmethod
     def kv_bytes_per_token(cls, config: DeepseekV2Config) -> int:
         c = config
-        return c.n_layer * (c.kv_lora_rank + c.qk_rope) * 4  # float32 latents + rope keys
+        itemsize = torch.empty(0, dtype=mla_cache_dtype()).element_size()
+        return c.n_layer * (c.kv_lora_rank + c.qk_rope) * itemsize  # latents + rope keys
 
-    def new_cache(self, n_ctx: int | None = None) -> MLACache:
+    def new_cache(self, n_ctx: int | None = None, dtype: torch.dtype | None = None) -> MLACache:
+        """Latents in `dtype`, by default `mla_cache_dtype()` (float16, like llama.cpp)."""
         c = self.config
-        return MLACache(c.n_layer, n_ctx or self.n_ctx, c.kv_lora_rank, c.qk_rope)
+        return MLACache(c.n_layer, n_ctx or self.n_ctx, c.kv_lora_rank, c.qk_rope,
+                        dtype or mla_cache_dtype())
 
     @classmethod
     def resident_bytes(cls, gf: GGUFFile, info: TensorInfo, packed: bool) -> int:

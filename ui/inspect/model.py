@@ -116,3 +116,4 @@ class ReplyTimings:
     cache_bytes: int = 0
     rss_bytes: int = 0
     extra: dict[str, float] = field(default_factory=dict)
+    prompt_reused: int = 0  # prompt tokens kept in the cache from earlier turns, not processed

@@ -39,10 +39,16 @@ def per_token_stats(seconds: np.ndarray) -> tuple[float, float] | None:
     return float(decode.mean()), float(np.percentile(decode, 95))
 
 
+def reused_text(n_reused: int) -> str:
+    """' (+340 cached)': prompt tokens the engine kept from earlier turns instead of processing."""
+    return f" (+{n_reused} cached)" if n_reused else ""
+
+
 def summary_line(t: ReplyTimings) -> str:
     """llama.cpp-style: 'prompt 34 tok @ 612.1 tok/s · first token 0.06 s · 128 tok @ 92.4
     tok/s (10.8 ms/tok, p95 12.1 ms)'."""
-    parts = [f"prompt {t.prompt_tokens} tok @ {t.prompt_tok_s:.1f} tok/s"]
+    parts = [f"prompt {t.prompt_tokens} tok @ {t.prompt_tok_s:.1f} tok/s"
+             f"{reused_text(t.prompt_reused)}"]
     if t.ttft_s is not None:
         parts.append(f"first token {t.ttft_s:.2f} s")
     gen = f"{t.gen_tokens} tok @ {t.gen_tok_s:.1f} tok/s"
@@ -135,9 +141,10 @@ class ThroughputPanel(InspectPanel):
         self.set_caption(f"Throughput: processing a {prompt_tokens}-token prompt…")
         self._timer.start()
 
-    def prompt_done(self, n_tokens: int, seconds: float, tok_s: float) -> None:
+    def prompt_done(self, n_tokens: int, seconds: float, tok_s: float, n_reused: int = 0) -> None:
+        """n_tokens processed; n_reused more were kept in the cache from earlier turns."""
         self._prompt_s = seconds
-        self.stats["Prompt"].setText(f"{n_tokens} tok @ {tok_s:.1f} tok/s")
+        self.stats["Prompt"].setText(f"{n_tokens} tok @ {tok_s:.1f} tok/s{reused_text(n_reused)}")
         self.set_caption("Throughput: generating… (tokens per second of each token, live)")
 
     def add_samples(self, samples: list[ThroughputSample]) -> None:
@@ -231,7 +238,8 @@ class ThroughputPanel(InspectPanel):
     def _show_timings(self, t: ReplyTimings) -> None:
         self.summary.setText(summary_line(t))
         self.stats["TTFT"].setText("—" if t.ttft_s is None else f"{t.ttft_s:.2f} s")
-        self.stats["Prompt"].setText(f"{t.prompt_tokens} tok @ {t.prompt_tok_s:.1f} tok/s")
+        self.stats["Prompt"].setText(f"{t.prompt_tokens} tok @ {t.prompt_tok_s:.1f} tok/s"
+                                     f"{reused_text(t.prompt_reused)}")
         self.stats["Decode"].setText(f"{t.gen_tok_s:.1f} tok/s")
         self.stats["Generated"].setText(f"{t.gen_tokens}")
         stats = per_token_stats(np.asarray(t.per_token_s, dtype=np.float64))
