@@ -199,7 +199,8 @@ class ReplyStream(QObject):
 
     def _on_prompt_done(self, rid: int, info: dict) -> None:
         if rid == self.gen_id:
-            self.status.set_activity(f"Prompt: {info['n_tokens']} tokens at "
+            cached = f" (+{info['n_reused']} cached)" if info.get("n_reused") else ""
+            self.status.set_activity(f"Prompt: {info['n_tokens']} tokens{cached} at "
                                      f"{info['tok_s']:.0f} tok/s")
             if self.stream is not None:
                 self.stream.stats["prompt_tokens"] = info["n_tokens"]

@@ -60,7 +60,7 @@ def bench_prompt_ids(n: int, n_vocab: int, bos_id: int | None) -> list[int]:
 # The SIMD extensions that matter to matrix kernels, as /proc/cpuinfo spells them.
 SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "bmi2", "avx_vnni", "avx512f", "avx512bw",
               "avx512vl", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8",
-              "amx_bf16")
+              "amx_bf16", "asimd", "asimddp", "asimdhp", "sve", "i8mm")
 
 
 def _cpuinfo_field(name: str) -> str | None:
@@ -82,7 +82,9 @@ def cpu_model_name() -> str:
 
 def cpu_isas() -> list[str]:
     """The SIMD extensions of SIMD_FLAGS this CPU reports, in that order (empty off Linux)."""
-    flags = set((_cpuinfo_field("flags") or "").split())
+    from engine.kernels.build_flags import cpu_features
+
+    flags = cpu_features() or frozenset()  # x86 "flags" or ARM "Features"
     return [f for f in SIMD_FLAGS if f in flags]
 
 

@@ -251,7 +251,8 @@ class Server:
         t = last.timings
         return JSONResponse(shape.full(last.text, FINISH_REASONS[last.reason],
                                        usage_body(len(ids), t.gen_tokens),
-                                       timings_body(len(ids), prompt_s, t.per_token_s)))
+                                       timings_body(t.prompt_tokens, prompt_s, t.per_token_s,
+                                                    t.prompt_reused)))
 
     async def trace(self, request: Request) -> Response:
         from app.commands.trace import LENS_K
@@ -404,7 +405,8 @@ async def _stream(job: Job, shape: ResponseShape, spec: GenerationSpec, n_prompt
                 # partial character: Done.text is the authoritative whole
                 if ev.text.startswith(sent) and len(ev.text) > len(sent):
                     yield sse(shape.chunk(ev.text[len(sent):]))
-                timings = timings_body(n_prompt, prompt_s, ev.timings.per_token_s)
+                timings = timings_body(ev.timings.prompt_tokens, prompt_s,
+                                       ev.timings.per_token_s, ev.timings.prompt_reused)
                 usage = usage_body(n_prompt, ev.timings.gen_tokens)
                 yield sse(shape.chunk(finish=FINISH_REASONS[ev.reason], timings=timings))
                 if spec.include_usage:

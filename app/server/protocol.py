@@ -275,11 +275,14 @@ def check_prompt_length(n_prompt: int, n_ctx: int, param: str) -> None:
 FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length", "context": "length"}
 
 
-def timings_body(n_prompt: int, prompt_s: float, per_token_s: Sequence[float]) -> dict[str, Any]:
-    """llama.cpp server's `timings` object."""
+def timings_body(n_prompt: int, prompt_s: float, per_token_s: Sequence[float],
+                 n_cached: int = 0) -> dict[str, Any]:
+    """llama.cpp server's `timings` object: `n_prompt` tokens processed, `n_cached` more taken
+    from the kept KV cache (llama.cpp's `cache_n`)."""
     n, gen_s = len(per_token_s), float(sum(per_token_s))
     prompt_ms, gen_ms = prompt_s * 1e3, gen_s * 1e3
     return {
+        "cache_n": n_cached,
         "prompt_n": n_prompt, "prompt_ms": prompt_ms,
         "prompt_per_token_ms": prompt_ms / n_prompt if n_prompt else 0.0,
         "prompt_per_second": n_prompt / prompt_s if prompt_s > 0 else 0.0,
