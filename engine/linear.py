@@ -5,7 +5,10 @@ without touching any model file. `Linear.from_gguf` picks the storage:
 
 * quantized / F16 / BF16 weights, compiled kernels available: a `QuantLinear` that keeps the
   packed GGUF blocks (about the file's size in RAM) and multiplies them with fused kernels;
-* F32 weights, no kernels (LLMLENS_NO_KERNELS=1, no compiler, non-AVX2 CPU), or exact mode
+* no kernels (LLMLENS_NO_KERNELS=1, no compiler, non-AVX2 CPU): Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/
+  Q4_K/Q5_K/Q6_K/MXFP4 weights become an `engine.packed_fallback.Int4Linear` (PyTorch's int4
+  matmul, about 1.1-1.7x their file bytes), other types a dense float32 `Linear` as below;
+* F32 weights, other types without kernels, or exact mode
   (LLMLENS_EXACT_WEIGHTS=1, `load_model(..., exact=True)`, `exact_weights()`): a dense
   float32 `Linear` dequantized once at load time, whose products are exact float32 ones.
 
@@ -119,7 +122,11 @@ def _packable(info: TensorInfo) -> bool:
         return False
     from engine import kernels  # noqa: PLC0415  (compiles on first use; cached afterwards)
 
-    return kernels.available()
+    if kernels.available():
+        return True
+    from engine.packed_fallback import int4_supported  # noqa: PLC0415
+
+    return int4_supported(info.ggml_type)  # no kernels: PyTorch's int4 matmul, else float32
 
 
 class Linear:
@@ -191,9 +198,21 @@ def load_stacked(gf: GGUFFile, infos: list[TensorInfo], biases: list[TensorInfo 
         j = i + 1
         while j < len(infos) and key(infos[j]) == k:
             j += 1
+        from engine import kernels  # noqa: PLC0415
         from engine.quant_linear import QuantLinear  # noqa: PLC0415
 
         group = infos[i:j]
+        if not kernels.available():
+            from engine.packed_fallback import make_fallback_linear  # noqa: PLC0415
+
+            # re-laid for PyTorch's int4 matmul straight from the map, a chunk at a time
+            for info, b in zip(group, biases[i:j]):
+                raw = gf.raw(info).reshape(info.shape[0], -1)  # [rows, row_bytes] mapped
+                out.append(make_fallback_linear(
+                    raw, info.ggml_type, info.shape[1], bias_of(b), name=info.name,
+                    release=lambda a, n, info=info: release_pages(gf, info, a, n)))
+            i = j
+            continue
         packed = copy_out(gf, group).view(sum(g.shape[0] for g in group), -1)  # [rows, row_bytes]
         row = 0
         for info, b in zip(group, biases[i:j]):
