@@ -179,6 +179,15 @@ _SPECS: dict[int, _Spec] = {int(k): v for k, v in {
 }.items()}
 
 
+def int4_bytes(ggml_type: int, out_features: int, in_features: int) -> int:
+    """Bytes an `Int4Linear` of this type and shape holds (its planes and bf16 scale/zero
+    pairs; rows padded to ROW_BLOCK), for `estimate_memory`."""
+    spec = _SPECS[int(ggml_type)]
+    n_pad = -(-int(out_features) // ROW_BLOCK) * ROW_BLOCK
+    n_planes = 1 if spec.bits <= 4 else 2
+    return n_pad * n_planes * in_features // 2 + (in_features // spec.group) * n_pad * 2 * 2
+
+
 def int4_supported(ggml_type: int) -> bool:
     """Whether `Int4Linear` can hold this type (else the caller keeps float32 or file bytes)."""
     return int(ggml_type) in _SPECS and _layout() is not None

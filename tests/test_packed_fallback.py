@@ -187,3 +187,15 @@ def test_model_without_kernels_stays_packed_and_close(tiny_model_factory, no_ker
                  for i in range(len(ids))]
     assert max_rel_err(got, want) <= 2e-2
     assert max_rel_err(np.concatenate(steps), want) <= 2e-2
+
+
+def test_memory_estimate_without_kernels_counts_the_int4_planes(tiny_model_factory, no_kernels):
+    from engine.models.base import estimate_memory
+
+    path = tiny_model_factory("gemma3").gguf["q8_0"]
+    model = load_model(path)
+    est = estimate_memory(model.gguf)
+    held = sum(lin.nbytes for lin in _linears(model))  # every matrix (the tied head once)
+    assert est.representation.startswith("int4 planes Q8_0")
+    vectors = sum(4 * t.n_elements for t in model.gguf.tensors if len(t.shape) == 1)
+    assert abs(est.weights_bytes - vectors - held) <= 0.02 * held

@@ -520,30 +520,46 @@ def estimate_memory(gf: GGUFFile, n_ctx: int | None = None) -> MemoryEstimate:
     """Bytes the model in gf will need once loaded with `load_model(gf, n_ctx)`, without
     loading a weight: its architecture's cache formula for n_ctx (default as load_model's),
     plus the weights as `engine.linear` will store them: packed in their file encoding when the
-    fused kernels are available and exact mode is off, else matrices as float32.
+    fused kernels are available and exact mode is off; without the kernels, the types
+    `engine.packed_fallback` holds as int4 planes at that layout's size, other matrices as
+    float32; in exact mode, matrices as float32.
     Stacked MoE experts are counted at file size (read through the map when routed to)."""
     from engine import kernels  # noqa: PLC0415  (compiles the kernels on first use)
+    from engine.packed_fallback import int4_bytes, int4_supported  # noqa: PLC0415
 
     cls = model_class(gf)
     config = cls.read_config(gf)
     n_ctx = int(n_ctx) if n_ctx else min(config.n_ctx_train, DEFAULT_N_CTX)
     if n_ctx <= 0:
         raise ValueError(f"n_ctx must be positive, got {n_ctx}")
-    packed = not exact_mode()  # kernels, or engine.packed_fallback's int4 planes (~1.1-1.6x)
+    packed = not exact_mode()
+    kernels_on = packed and kernels.available()
     weights = 0
     kept: dict[str, int] = {}     # file encodings held as they are (not float32) -> bytes
+    int4: dict[str, int] = {}     # types held as the fallback's int4 planes -> bytes
     for info in gf.tensors:
-        n = cls.resident_bytes(gf, info, packed)
-        weights += n
-        if n and n == info.n_bytes and info.ggml_type != _F32:
+        n = cls.resident_bytes(gf, info, kernels_on)
+        if (packed and not kernels_on and n and len(info.shape) == 2 and "_exps." not in info.name
+                and int4_supported(info.ggml_type)):
+            n = int4_bytes(info.ggml_type, *info.shape)
+            int4[info.type_name] = int4.get(info.type_name, 0) + n
+        elif n and n == info.n_bytes and info.ggml_type != _F32:
             kept[info.type_name] = kept.get(info.type_name, 0) + n
-    types = "/".join(sorted(kept, key=lambda t: (-kept[t], t)))  # most bytes first
-    if not kept:
+        weights += n
+
+    def by_size(d: dict[str, int]) -> str:
+        return "/".join(sorted(d, key=lambda t: (-d[t], t)))  # most bytes first
+
+    if int4:
+        representation = f"int4 planes {by_size(int4)} (no kernels)"
+        if kept:
+            representation += f", experts packed {by_size(kept)}"
+    elif not kept:
         representation = "float32"
-    elif packed:
-        representation = f"packed {types}"
+    elif kernels_on:
+        representation = f"packed {by_size(kept)}"
     else:
-        representation = f"float32, experts packed {types}"
+        representation = f"float32, experts packed {by_size(kept)}"
     per_token = cls.kv_bytes_per_token(config)
     return MemoryEstimate(weights_bytes=weights, cache_bytes=per_token * n_ctx,
                           cache_bytes_per_token=per_token, representation=representation,
