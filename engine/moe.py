@@ -316,7 +316,10 @@ class MoEFeedForward:
         return kernel_max_t(ggml_type_name(self.gate.ggml_type), kernels.isa())
 
     def _grouped(self) -> bool:
-        return all(p.grouped_kernel() is not None for p in (self.gate, self.up, self.down))
+        # Only for the plain SwiGLU expert: a family that overrides `_expert` (gpt-oss: biases,
+        # clamped gate) keeps its own per-expert path.
+        return (type(self)._expert is MoEFeedForward._expert
+                and all(p.grouped_kernel() is not None for p in (self.gate, self.up, self.down)))
 
     def _experts_grouped(self, x: torch.Tensor, experts: torch.Tensor, counts: torch.Tensor
                          ) -> torch.Tensor:
