@@ -13,6 +13,7 @@ leaves ids that no longer describe the cache.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 
 import torch
@@ -80,6 +81,23 @@ class TokenCache:
         self.n_filled = 0  # stale entries beyond n_filled are never read
 
 
+def kv_cache_dtype() -> torch.dtype:
+    """The element type of new KV caches: float16 where the fused decode attention reads it
+    (`engine.kernels`: half the bytes a decode step reads per cached token, as llama.cpp keeps
+    its cache), float32 without the kernels (plain ops would convert every key each step).
+    LLMLENS_KV_CACHE=f32 or f16 overrides (the reference tests compare against transformers
+    with f32: f16 rounding of keys and values moves logits by ~1e-3)."""
+    value = os.environ.get("LLMLENS_KV_CACHE", "auto").strip().lower()
+    if value not in ("auto", "f16", "f32"):
+        raise ValueError(f"LLMLENS_KV_CACHE must be auto, f16 or f32, got {value!r}")
+    if value == "auto":
+        from engine import kernels  # noqa: PLC0415
+
+        k = kernels.load()
+        value = "f16" if k is not None and hasattr(k, "attn_decode") else "f32"
+    return torch.float16 if value == "f16" else torch.float32
+
+
 class KVCache(TokenCache):
     """keys[layer]: [n_kv_heads, n_ctx, head_dim_k]; values[layer]: [n_kv_heads, n_ctx, head_dim_v]."""
 
@@ -100,11 +118,13 @@ class KVCache(TokenCache):
     def nbytes(self) -> int:
         return self.bytes_per_token * self.n_ctx
 
-    def update(self, layer: int, start_pos: int, k: torch.Tensor, v: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(self, layer: int, start_pos: int, k: torch.Tensor, v: torch.Tensor,
+               raw: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v [n_kv_heads, T, d] at positions [start_pos, start_pos + T).
 
-        Returns views [n_kv_heads, start_pos + T, d] of all keys/values up to the new ones.
+        Returns all keys/values up to the new ones, [n_kv_heads, start_pos + T, d]: views in
+        the cache's dtype with `raw` (for `engine.layers.attention`, which reads float16 as
+        it is), else float32 (a copy when the cache is float16).
         """
         end = start_pos + k.shape[1]
         if end > self.n_ctx:
@@ -116,7 +136,10 @@ class KVCache(TokenCache):
         vbuf[:, start_pos:end] = v
         if layer == len(self.keys) - 1:
             self.n_filled = end
-        return kbuf[:, :end], vbuf[:, :end]
+        keys, values = kbuf[:, :end], vbuf[:, :end]
+        if raw or kbuf.dtype == torch.float32:
+            return keys, values
+        return keys.float(), values.float()
 
     def copy_prefix(self, source: "KVCache", n: int) -> int:
         for dst, src in zip(self.keys + self.values, source.keys + source.values):

@@ -63,7 +63,8 @@ def exact_weights(on: bool = True) -> Iterator[None]:
 def release_pages(gf: GGUFFile, info: TensorInfo, start: int = 0, n_bytes: int | None = None
                   ) -> None:
     """Drop this process's mapping of a tensor's file pages (bytes [start, start + n_bytes) of
-    it, default all) once they have been copied.
+    it, default all; the range may extend past the tensor, it is clipped to the file) once
+    they have been copied.
 
     The page cache keeps them (a later read refaults from memory, not disk); only RSS shrinks.
     Best effort: skipped where madvise or the reader's map is unavailable.
@@ -71,10 +72,12 @@ def release_pages(gf: GGUFFile, info: TensorInfo, start: int = 0, n_bytes: int |
     mm = getattr(gf, "_mmap", None)
     if mm is None or not hasattr(mm, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
         return
-    begin = info.offset + start
-    end = begin + (info.n_bytes - start if n_bytes is None else n_bytes)
+    begin = max(0, info.offset + start)  # a range may reach past the tensor (large folios)
+    end = info.offset + (info.n_bytes if n_bytes is None else start + n_bytes)
     start = begin - begin % mmap.PAGESIZE
     length = min(end, len(mm)) - start
+    if length <= 0:
+        return
     try:
         mm.madvise(mmap.MADV_DONTNEED, start, length)
     except (OSError, ValueError):

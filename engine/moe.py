@@ -11,7 +11,8 @@
   file encoding (a zero-copy view over the memory map). One expert's matrix is a contiguous
   byte range, so a 16B MoE at Q4_K_M never has more than a few expert matrices decoded at
   once; quantized experts go through `QuantLinear` (fused kernels over the packed bytes) when
-  the performance engine provides it.
+  the performance engine provides it, and without the kernels through an `Int4Linear`
+  (engine/packed_fallback.py) built the first time the expert is routed to.
 - `MoEFeedForward`: router + routed SwiGLU experts (+ optional shared expert, optionally gated),
   with prefill grouped by expert so each selected expert runs once over all its tokens.
   `load_moe_ffn(model, layer, router)` assembles one from a layer's tensors, for every
@@ -22,7 +23,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,6 +134,19 @@ def _quant_linear_class() -> Any:
     return QuantLinear
 
 
+# Without the kernels, int4 experts of one stacked tensor hold at most this times its file
+# bytes (the issue's bound for a 16B MoE on a 24 GB machine); see StackedExperts.
+INT4_EXPERT_BUDGET = 1.2
+
+
+def _int4_fallback(ggml_type: int) -> bool:
+    """Whether experts of this type go through `engine.packed_fallback` (no fused kernels)."""
+    from engine import kernels  # noqa: PLC0415
+    from engine.packed_fallback import int4_supported  # noqa: PLC0415
+
+    return not kernels.available() and int4_supported(ggml_type)
+
+
 def _torch_view(arr: np.ndarray) -> torch.Tensor:
     """A torch view over a (read-only) memory-mapped array: no copy, nothing written through it."""
     with warnings.catch_warnings():
@@ -149,10 +163,17 @@ class StackedExperts:
     that view (f16/bf16 upcast one expert at a time); quantized ones through a `QuantLinear`
     per expert over its packed rows (fused kernels for decode, chunked dequantize + GEMM for
     prefill), or, without it or in exact mode (`engine.linear.exact_weights`), by decoding
-    that one expert per call (exact float32 products).
+    that one expert per call (exact float32 products). Without the fused kernels, an expert
+    of a type `engine.packed_fallback` holds becomes an `Int4Linear` the first time it is
+    routed to (PyTorch's int4 matmul), while the int4 experts of this tensor stay within
+    INT4_EXPERT_BUDGET times its file bytes: all of them for Q4_0/Q4_K/Q8_0 (1.06-1.11x),
+    the first ~75% routed to for Q5_*/Q6_K (1.5-1.6x) and ~55% for MXFP4 (2.1x); the others
+    stay on QuantLinear's exact path. File pages read are dropped through
+    `release(start, n_bytes)` (byte offsets in this tensor) when given.
     """
 
-    def __init__(self, raw: np.ndarray, ggml_type: int, shape: Sequence[int], name: str = ""):
+    def __init__(self, raw: np.ndarray, ggml_type: int, shape: Sequence[int], name: str = "",
+                 release: Callable[[int, int], None] | None = None):
         if len(shape) != 3:
             raise ValueError(f"{name}: expected a 3-D expert tensor, got shape {tuple(shape)}")
         self.name = name
@@ -168,6 +189,10 @@ class StackedExperts:
         self._packed: torch.Tensor | None = None    # [E, out, row_bytes] uint8 view
         self._linears: dict[int, Any] = {}
         self._qlin_cls = None
+        self._int4 = False          # no kernels: experts as Int4Linear (engine.packed_fallback)
+        self._int4_held = 0         # bytes of the Int4Linear experts built
+        self._over_budget: set[int] = set()  # experts left on QuantLinear's exact path
+        self._release = release
         self._kernel: Any = False  # the kernel module for grouped calls, None if unusable; False: not looked up yet
         if self.ggml_type in _FLOAT_DTYPES:
             dtype = _FLOAT_DTYPES[self.ggml_type]
@@ -178,6 +203,7 @@ class StackedExperts:
         else:
             self._packed = _torch_view(raw).view(self.n_expert, self.n_out, -1)
             self._qlin_cls = _quant_linear_class()
+            self._int4 = self._qlin_cls is not None and _int4_fallback(self.ggml_type)
 
     def expert_raw(self, e: int) -> np.ndarray:
         """Bytes of expert e's `[out, in]` matrix (a view)."""
@@ -190,11 +216,30 @@ class StackedExperts:
         return dequantize_raw(self.expert_raw(e), self.ggml_type, (self.n_out, self.n_in))
 
     def linear(self, e: int) -> Any:
-        """Expert e as a QuantLinear over its packed rows (built on first use; shares the bytes)."""
+        """Expert e as a QuantLinear over its packed rows (shares the bytes), or without the
+        kernels an Int4Linear re-laid from them; built on first use."""
         lin = self._linears.get(e)
         if lin is None:
-            lin = self._linears[e] = self._qlin_cls(
-                self._packed[e], self.ggml_type, self.n_in, name=f"{self.name}[{e}]")
+            name = f"{self.name}[{e}]"
+            lin = self._int4_linear(e, name) if self._int4 else None
+            if lin is None:
+                if self._int4:
+                    self._over_budget.add(e)
+                lin = self._qlin_cls(self._packed[e], self.ggml_type, self.n_in, name=name)
+            self._linears[e] = lin
+        return lin
+
+    def _int4_linear(self, e: int, name: str) -> Any:
+        """Expert e as an Int4Linear, or None once the int4 experts would pass the budget."""
+        from engine.packed_fallback import int4_bytes, make_fallback_linear  # noqa: PLC0415
+
+        need = int4_bytes(self.ggml_type, self.n_out, self.n_in)
+        if self._int4_held + need > INT4_EXPERT_BUDGET * self._raw.nbytes:
+            return None
+        base, rel = e * self.expert_bytes, self._release
+        lin = make_fallback_linear(self._packed[e].numpy(), self.ggml_type, self.n_in, name=name,
+                                   release=None if rel is None else lambda a, n: rel(base + a, n))
+        self._int4_held += lin.nbytes
         return lin
 
     def matmul(self, e: int, x: torch.Tensor) -> torch.Tensor:
@@ -203,7 +248,15 @@ class StackedExperts:
             w = self._dense[e]
             return x @ (w if w.dtype == torch.float32 else w.float()).T
         if self._qlin_cls is not None:
-            return self.linear(e)(x)
+            y = self.linear(e)(x)
+            if e in self._over_budget and self._release is not None:
+                # read through the map on every call: hand the pages back (and the folios
+                # around them, see engine.packed_fallback), or they add up in RSS
+                from engine.packed_fallback import FAULT_AROUND  # noqa: PLC0415
+
+                self._release(e * self.expert_bytes - FAULT_AROUND,
+                              self.expert_bytes + 2 * FAULT_AROUND)
+            return y
         return x @ self.weight(e).T
 
     def grouped_kernel(self) -> Any:
@@ -337,8 +390,11 @@ class MoEFeedForward:
 
 def load_experts(m: Any, name: str) -> StackedExperts:
     """A stacked `[E, out, in]` expert tensor of model m's file (zero-copy over the map)."""
+    from engine.linear import release_pages  # noqa: PLC0415
+
     info = m.tensor_info(name)
-    return StackedExperts(m.gguf.raw(info), info.ggml_type, info.shape, name)
+    return StackedExperts(m.gguf.raw(info), info.ggml_type, info.shape, name,
+                          release=lambda a, n: release_pages(m.gguf, info, a, n))
 
 
 def load_moe_ffn(m: Any, layer: int, router: RouterConfig, shared_gated: bool = False

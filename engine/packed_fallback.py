@@ -55,8 +55,8 @@ from engine.gguf.dequant import _nibbles as _nibbles_legacy
 from engine.generate import trim_heap
 from engine.gguf.reader import ggml_type_name
 
-__all__ = ["Int4Linear", "int4_supported", "make_fallback_linear", "ROW_BLOCK",
-           "INT4_MAX_T"]
+__all__ = ["Int4Linear", "int4_supported", "int4_bytes", "make_fallback_linear", "ROW_BLOCK",
+           "INT4_MAX_T", "FAULT_AROUND"]
 
 ROW_BLOCK = 64    # rows padded to, and packed in, multiples of this (the op's widest N block)
 # Values converted per build step: bounds the float32/int32 temporaries of a load (~1 MB each,
@@ -68,7 +68,11 @@ _BUILD_VALUES = 1 << 18
 INT4_MAX_T = 128
 # float32 values decoded per chunk of that path (2 MiB: stays in cache)
 CHUNK_VALUES = 1 << 19
-_FAULT_AROUND = 64 << 10  # bytes the kernel maps around a page fault (fault_around_bytes)
+# Bytes a page fault may map around the faulting byte: fault-around maps 64 KB, and a file
+# page cached in a large folio (Linux 6.x readahead, up to 2 MiB) is mapped whole: measured
+# here, reading 2 embedding rows mapped 1 MiB, so a 512-token prompt left 9 MiB of the table in
+# RSS with a 64 KB margin.
+FAULT_AROUND = 2 << 20
 
 
 Params = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -228,7 +232,8 @@ class Int4Linear:
         """packed: the file's bytes [out, row_bytes] uint8, normally a view of the memory map.
         It is kept (not copied) as the source of exact rows, and read a chunk at a time;
         release(start, n_bytes), if given, drops this process's mapping of bytes once read
-        (engine.linear.release_pages), so the map adds nothing to RSS."""
+        (engine.linear.release_pages), so the map adds nothing to RSS; its range may reach
+        FAULT_AROUND past either end of these bytes (start < 0), to be clipped to the map."""
         t = int(ggml_type)
         label = name or "weight"
         if t not in _SPECS or _layout() is None:
@@ -265,7 +270,7 @@ class Int4Linear:
                 release(a * row_bytes, (r1 - a) * row_bytes)
             self._build(raw, r0, r1)
         if release is not None:
-            release(0, self._out * row_bytes)
+            release(-FAULT_AROUND, self._out * row_bytes + 2 * FAULT_AROUND)
 
     def _build(self, raw: np.ndarray, r0: int, r1: int) -> None:
         n, K, g = r1 - r0, self._in, self._spec.group
@@ -305,12 +310,20 @@ class Int4Linear:
         return raw
 
     def _drop(self, r0: int, r1: int) -> None:
-        # a fault maps its 64 KB neighbourhood (fault-around): drop that too, or pages read
-        # around each chunk or row would stay mapped and add up in RSS
-        if self._release is not None:
-            a = max(0, r0 * self._row_bytes - _FAULT_AROUND)
-            b = min(self._out * self._row_bytes, r1 * self._row_bytes + _FAULT_AROUND)
-            self._release(a, b - a)
+        self._drop_rows(np.array([r0]), r1 - r0)
+
+    def _drop_rows(self, starts: np.ndarray, n: int = 1) -> None:
+        # a fault maps the folio or 64 KB around the byte read (see FAULT_AROUND), which can
+        # reach past this tensor: drop that neighbourhood of every run of n rows read, merged
+        # into few ranges, or pages read around each chunk or row would add up in RSS
+        if self._release is None or not len(starts):
+            return
+        rb = self._row_bytes
+        lo = np.sort(starts).astype(np.int64) * rb - FAULT_AROUND   # [k] byte ranges
+        hi = lo + n * rb + 2 * FAULT_AROUND
+        new = np.flatnonzero(lo[1:] > hi[:-1]) + 1                   # where a gap starts
+        for a, b in zip(lo[np.r_[0, new]], hi[np.r_[new - 1, len(hi) - 1]]):
+            self._release(int(a), int(b - a))
 
     # -- interface shared with Linear / QuantLinear ------------------------------------------
 
@@ -393,8 +406,7 @@ class Int4Linear:
         if flat.size and (int(flat.min()) < 0 or int(flat.max()) >= self._out):
             raise IndexError(f"{self.name or 'weight'}: row ids must be in [0, {self._out})")
         raw = self._source[flat]                              # fancy indexing: a copy
-        for r in np.unique(flat).tolist():
-            self._drop(r, r + 1)
+        self._drop_rows(np.unique(flat))
         out = dequantize_raw(raw, self.ggml_type, (flat.size, self._in))
         return out.view(*ids.shape, self._in)
 

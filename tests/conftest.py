@@ -11,6 +11,10 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 # DeepSeek's MLA cache in float32: the reference tests compare exact products against
 # transformers (float16 latents, the default, are checked in tests/test_kv_reuse.py).
 os.environ.setdefault("LLMLENS_MLA_CACHE", "f32")
+# Likewise the dense KV cache (float16 by default where the fused decode attention runs; the
+# kernel itself reads float32 too, so the reference tests still go through it):
+# tests/test_layer_ops.py checks float16 against float32.
+os.environ.setdefault("LLMLENS_KV_CACHE", "f32")
 
 
 @pytest.fixture(scope="session")

@@ -33,7 +33,9 @@ from engine.trace import LiveTrace, Recorder
 from tests.fixtures.tiny_models import ARCHS, tiny_model_factory  # noqa: F401 (fixture)
 
 ATTN_TOL = 1e-5
-PROB_TOL = 1e-5
+# Router probabilities come after every earlier layer: float32 rounding (the fused RMS norm
+# sums in another order than transformers) reaches ~1e-5 by layer 21 of the deepest model.
+PROB_TOL = 3e-5
 LENS_K = 10
 
 

@@ -266,8 +266,11 @@ def test_quantized_moe_model_keeps_experts_packed(tiny_model_factory, monkeypatc
     QuantLinear's exact path (dequantize rows + GEMM) the logits equal decoding each used expert
     in full; through the fused kernel (which rounds activations to 8 bits, as llama.cpp does)
     they stay close."""
+    import engine.moe
     import engine.quant_linear as ql
 
+    # without kernels experts would take the int4 path (tests/test_packed_fallback.py)
+    monkeypatch.setattr(engine.moe, "_int4_fallback", lambda ggml_type: False)
     tm = tiny_model_factory("qwen3moe")
     ids = torch.from_numpy(tm.load_ref()["ids"])
     model = load("qwen3moe", tm.gguf["q8_0"])

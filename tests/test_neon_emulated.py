@@ -180,7 +180,7 @@ def test_each_architecture_hashes_only_its_own_kernel_header():
     assert names["x86_64"][0] == names["aarch64"][0] == "qgemv.cpp"
     assert {"blocks.h", "x86_avx2.h"} <= set(names["x86_64"])
     assert not any(n.startswith("aarch64_") for n in names["x86_64"])
-    assert names["aarch64"] == ["qgemv.cpp", "aarch64_neon.h", "blocks.h"]
+    assert names["aarch64"] == ["qgemv.cpp", "aarch64_neon.h", "blocks.h", "layer_ops.h"]
 
 
 def test_cpu_probe_accepts_arm64_with_neon():

@@ -256,8 +256,15 @@ void dot_q4_5_k(DOT_ARGS) {
   for (int64_t i = 0; i < n / QK_K; ++i) {
     const uint8_t* blk = w + i * bs;
     const float dw = h2f(*(const uint16_t*)blk), dminw = h2f(*(const uint16_t*)(blk + 2));
-    uint8_t sc[8], mn[8];
-    unpack_scales_k4(blk + 4, sc, mn);
+    uint8_t sc_mn[16];  // the 8 group scales, then the 8 group mins
+    unpack_scales_k4(blk + 4, sc_mn, sc_mn + 8);
+    // scales and mins as int16 lanes; each group's scale is broadcast by a byte shuffle (one
+    // uop) instead of a scalar load + broadcast, and the mins meet the activation's per-16
+    // sums in one madd: the integer sums are the same as term by term
+    const __m256i sc16 = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i*)sc_mn));  // [sc 0..7 | mn 0..7]
+    const __m256i scales = _mm256_permute2x128_si256(sc16, sc16, 0x00);  // sc 0..7 in both halves
+    const __m128i mn8 = _mm_loadl_epi64((const __m128i*)(sc_mn + 8));
+    const __m256i mins = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mn8, mn8));  // mn[j] twice: pairs of bsums
     const __m256i hbits = FIVE ? _mm256_loadu_si256((const __m256i*)(blk + 16)) : _mm256_setzero_si256();
     const uint8_t* q4 = blk + (FIVE ? 48 : 16);
     __m256i sumi[kMaxT];
@@ -270,14 +277,14 @@ void dot_q4_5_k(DOT_ARGS) {
         ul = _mm256_or_si256(ul, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 2 * j), one), 4));
         uh = _mm256_or_si256(uh, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 2 * j + 1), one), 4));
       }
-      const __m256i sl = _mm256_set1_epi16(sc[2 * j]), sh = _mm256_set1_epi16(sc[2 * j + 1]);
+      const __m256i sl = _mm256_shuffle_epi8(scales, _mm256_set1_epi16((int16_t)(0x0100 + 0x0202 * (2 * j))));
+      const __m256i sh = _mm256_shuffle_epi8(scales, _mm256_set1_epi16((int16_t)(0x0100 + 0x0202 * (2 * j + 1))));
       ACC_TOKENS(ul, sl, 64 * j)
       ACC_TOKENS(uh, sh, 64 * j + 32)
     }
     for (int t = 0; t < T; ++t) {
       const act_q8_K& a = actK(A, as, t)[i];
-      int msum = 0;
-      for (int j = 0; j < 8; ++j) msum += mn[j] * (a.bsums[2 * j] + a.bsums[2 * j + 1]);
+      const int msum = hsum_i32_8(_mm256_madd_epi16(mins, _mm256_loadu_si256((const __m256i*)a.bsums)));
       acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(a.d * dw), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
       acc_m[t] += a.d * dminw * (float)msum;
     }
@@ -299,7 +306,9 @@ void dot_q6_k(DOT_ARGS) {
   for (int64_t i = 0; i < n / QK_K; ++i) {
     const uint8_t* ql = b[i].ql;
     const uint8_t* qh = b[i].qh;
-    const int8_t* sc = b[i].scales;
+    const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)b[i].scales));  // 16 x int16
+    const __m256i sc_lo = _mm256_permute2x128_si256(sc16, sc16, 0x00);  // scales 0..7, both lanes
+    const __m256i sc_hi = _mm256_permute2x128_si256(sc16, sc16, 0x11);  // scales 8..15
     __m256i sumi[kMaxT];
     for (int t = 0; t < T; ++t) sumi[t] = _mm256_setzero_si256();
     for (int c = 0; c < 2; ++c) {
@@ -315,17 +324,21 @@ void dot_q6_k(DOT_ARGS) {
           _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b2, 4), m4),
                           _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 6), m2), 4)),
       };
+      // this half's 8 scales in both 128-bit lanes; a byte shuffle puts scale 2k in the low
+      // lane and 2k + 1 in the high one (instead of two scalar broadcasts per group pair)
+      const __m256i sc_half = c ? sc_hi : sc_lo;
       for (int k = 0; k < 4; ++k) {
-        const int s = 8 * c + 2 * k;
-        const __m256i scl = scales_2x16(sc[s], sc[s + 1]);
+        const __m256i pick = _mm256_setr_m128i(_mm_set1_epi16((int16_t)(0x0100 + 0x0202 * (2 * k))),
+                                               _mm_set1_epi16((int16_t)(0x0100 + 0x0202 * (2 * k + 1))));
+        const __m256i scl = _mm256_shuffle_epi8(sc_half, pick);
         ACC_TOKENS(u[k], scl, 128 * c + 32 * k)
       }
     }
     const float dw = h2f(b[i].d);
     for (int t = 0; t < T; ++t) {
       const act_q8_K& a = actK(A, as, t)[i];
-      int off = 0;  // the -32 offset, through the per-16 sums of q8
-      for (int g = 0; g < 16; ++g) off += sc[g] * a.bsums[g];
+      // the -32 offset, through the per-16 sums of q8: sum_g sc[g] * bsums[g] in one madd
+      const int off = hsum_i32_8(_mm256_madd_epi16(sc16, _mm256_loadu_si256((const __m256i*)a.bsums)));
       acc[t] += a.d * dw * (float)(hsum_i32_8(sumi[t]) - 32 * off);
     }
   }

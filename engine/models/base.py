@@ -37,7 +37,7 @@ import torch
 from engine.errors import GGUFError, LoadCancelled, UnsupportedArchitectureError
 from engine.gguf.dequant import dequantize
 from engine.gguf.reader import GGUFFile, TensorInfo, open_gguf
-from engine.kv_cache import KVCache
+from engine.kv_cache import KVCache, kv_cache_dtype
 from engine.layers import GatedMLP, RMSNorm, RoPE, YarnParams, attention_mask
 from engine.linear import Embedding, Linear, exact_mode, exact_weights, release_all
 from engine.models.validate import validate_model_file
@@ -337,15 +337,19 @@ class Model(abc.ABC):
 
     @classmethod
     def kv_bytes_per_token(cls, config: TransformerConfig) -> int:
-        """Bytes `new_cache` allocates per context position: float32 keys and values for every
-        layer. Sliding-window layers (Gemma 3) get the full context too: recorded attention
-        spans every key, and decode steps only slice the window out of it."""
+        """Bytes `new_cache` allocates per context position: keys and values for every layer
+        in `kv_cache_dtype()`. Sliding-window layers (Gemma 3) get the full context too:
+        recorded attention spans every key, and decode steps only slice the window out of it."""
         c = config
-        return c.n_layer * c.n_head_kv * (c.head_dim + c.head_dim_v) * 4
+        itemsize = torch.empty(0, dtype=kv_cache_dtype()).element_size()
+        return c.n_layer * c.n_head_kv * (c.head_dim + c.head_dim_v) * itemsize
 
-    def new_cache(self, n_ctx: int | None = None) -> KVCache:
+    def new_cache(self, n_ctx: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
+        """An empty cache for n_ctx positions (default: the model's), in `dtype` (default
+        `kv_cache_dtype()`)."""
         c = self.config
-        return KVCache(c.n_layer, c.n_head_kv, n_ctx or self.n_ctx, c.head_dim, c.head_dim_v)
+        return KVCache(c.n_layer, c.n_head_kv, n_ctx or self.n_ctx, c.head_dim, c.head_dim_v,
+                       dtype or kv_cache_dtype())
 
     @property
     def cache_bytes_per_token(self) -> int:
@@ -523,7 +527,10 @@ def estimate_memory(gf: GGUFFile, n_ctx: int | None = None) -> MemoryEstimate:
     fused kernels are available and exact mode is off; without the kernels, the types
     `engine.packed_fallback` holds as int4 planes at that layout's size, other matrices as
     float32; in exact mode, matrices as float32.
-    Stacked MoE experts are counted at file size (read through the map when routed to)."""
+    Stacked MoE experts are counted at file size (read through the map when routed to);
+    without the kernels each expert is re-laid as int4 planes the first time it is routed to,
+    so a long run can grow to at most `engine.moe.INT4_EXPERT_BUDGET` (1.2) times the experts'
+    bytes, which this estimate of the loaded model does not count."""
     from engine import kernels  # noqa: PLC0415  (compiles the kernels on first use)
     from engine.packed_fallback import int4_bytes, int4_supported  # noqa: PLC0415
 

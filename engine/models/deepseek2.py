@@ -24,13 +24,14 @@ import os
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
 import torch
 
 from engine import kernels
 from engine.errors import ContextOverflowError
 from engine.gguf.reader import GGUFFile, TensorInfo
 from engine.kv_cache import TokenCache
-from engine.layers import FusedLinear, GatedMLP, RoPE, YarnParams
+from engine.layers import FusedLinear, GatedMLP, RoPE, YarnParams, fused_ops
 from engine.linear import release_pages
 from engine.models.base import (COMMON_KEYS, AttnKind, ForwardStep, Model, TransformerConfig,
                                 register)
@@ -180,9 +181,9 @@ class MLACache(TokenCache):
         self.high_water = max(self.high_water, n)
         return n
 
-    def update(self, layer: int, start_pos: int, kv: torch.Tensor) -> torch.Tensor:
+    def update(self, layer: int, start_pos: int, kv: torch.Tensor, raw: bool = False) -> torch.Tensor:
         """Store kv [T, kv_lora + rope] at [start_pos, start_pos + T); return all rows so far,
-        [start_pos + T, kv_lora + rope], as float32."""
+        [start_pos + T, kv_lora + rope], as float32 (`raw`: the view in the cache's dtype)."""
         end = start_pos + kv.shape[0]
         if end > self.n_ctx:
             raise ContextOverflowError(f"position {end - 1} is past the end of the context "
@@ -192,10 +193,28 @@ class MLACache(TokenCache):
         buf[start_pos:end] = kv
         if layer == len(self.latents) - 1:
             self.n_filled = end
-        return buf[:end].float()  # a copy when float16; the view itself when float32
+        return buf[:end] if raw else buf[:end].float()  # .float(): a copy when float16
 
 
 # ----------------------------------------------------------------------------- blocks
+
+def load_heads_packed(m: Model, name: str, n_head: int) -> tuple[torch.Tensor, int] | None:
+    """A per-head weight `[H * rows, n]` (attn_k_b, attn_v_b) as its file bytes
+    `[H, rows, row_bytes]` for the fused kernels' grouped product (`moe_gemm`, one head per
+    segment), with its ggml type; None without kernels, in exact mode or for a type they lack.
+    A decode step then reads these in their file encoding (V2-Lite: Q5_0/Q4_K, ~6x fewer bytes
+    than float32) instead of two float32 bmm operands of 4 MB per layer."""
+    from engine.linear import exact_mode  # noqa: PLC0415
+
+    info = m.tensor_info(name)
+    k = kernels.load()
+    if exact_mode() or k is None or info.ggml_type not in k.supported_types() or \
+            not hasattr(k, "attn_decode"):
+        return None
+    raw = np.array(m.gguf.raw(info), copy=True)  # owned: no page faults through the map later
+    return torch.from_numpy(raw).view(n_head, info.n_elements // info.shape[-1] // n_head, -1), \
+        int(info.ggml_type)
+
 
 def load_f32(m: Model, name: str) -> torch.Tensor:
     """A (small) weight as float32 in its PyTorch shape, decoded by the fused kernels when they
@@ -238,7 +257,12 @@ class MLAttention:
         # Small per-head maps kept as float32 (V2-Lite: 2 x 16 x 128 x 512 per layer, 8 MB, 2% of
         # the Q4_K_M file in all): one bmm each per layer; per-head packed products cost more
         # in call overhead than they save in bandwidth, and bf16/f16 bmm is no faster on CPU.
+        self.kb_packed = self.vb_packed = None  # decode-step operands in the file's encoding
         if m.gguf.has_tensor(p + "attn_k_b.weight"):
+            self.kb_packed = load_heads_packed(m, p + "attn_k_b.weight", H)  # [H, L, bytes of nope]
+            self.vb_packed = load_heads_packed(m, p + "attn_v_b.weight", H)  # [H, v, bytes of L]
+            self.heads = torch.arange(H)
+            self.one_each = torch.ones(H, dtype=torch.long)
             k_b = load_f32(m, p + "attn_k_b.weight")               # [H, L, nope] (stored transposed)
             self.w_kb = k_b.reshape(H, L, c.qk_nope).transpose(1, 2).contiguous()  # [H, nope, L]
             self.w_vb = load_f32(m, p + "attn_v_b.weight").reshape(H, c.v_head, L)  # [H, v, L]
@@ -260,6 +284,29 @@ class MLAttention:
         latent = self.kv_a_norm(kv[:, :L])                             # [T, L]
         k_pe = a.rope.rotate(kv[None, :, L:], a.cos, a.sin)[0]         # [T, rope], one shared head
         ckv = torch.cat((latent, k_pe), dim=-1)                        # [T, L + rope]
+        if T == 1 and a.mask is None and (ops := fused_ops()) is not None:
+            # A decode step: one fused pass over the cached latents in their stored dtype
+            # (float16: no float32 copy of the whole cache per layer). Keys are [c, k_pe],
+            # values c, the first L columns of the same rows. A recorder gets the
+            # probabilities computed apart, so inspecting changes no output.
+            rows = cache.update(self.layer, step.start_pos, ckv, raw=True)[None]  # [1, S, L + rope]
+            nt = torch.get_num_threads()
+            if self.kb_packed is not None:  # each head's W_kb through its own segment
+                q_lat = ops.moe_gemm(self.kb_packed[0], self.kb_packed[1], self.heads,
+                                     self.one_each, q_nope[:, 0], nt)          # [H, L]
+            else:
+                q_lat = torch.bmm(q_nope, self.w_kb)[:, 0]                     # [H, L]
+            q_cat = torch.cat((q_lat, q_pe[:, 0]), dim=-1)                     # [H, L + rope]
+            o_lat = ops.attn_decode(q_cat, rows, rows[..., :L], self.kq_scale, nt)  # [H, L]
+            if step.recorder is not None and step.recorder.wants("attn_probs"):
+                scores = (q_cat @ rows[0].float().T).mul_(self.kq_scale)       # [H, S]
+                step.recorder.record("attn_probs", self.layer, scores.softmax(-1)[:, None])
+            if self.vb_packed is not None:
+                o = ops.moe_gemm(self.vb_packed[0], self.vb_packed[1], self.heads,
+                                 self.one_each, o_lat, nt)                     # [H, v]
+            else:
+                o = torch.bmm(o_lat[:, None], self.w_vb.transpose(1, 2))[:, 0]  # [H, v]
+            return self.wo(o.reshape(T, H * c.v_head))                         # [T, D]
         ckv = cache.update(self.layer, step.start_pos, ckv)            # [S, L + rope]
         c_all, pe_all = ckv[:, :L], ckv[:, L:]                         # [S, L], [S, rope]
 
@@ -342,5 +389,8 @@ class DeepseekV2Model(Model):
     @classmethod
     def resident_bytes(cls, gf: GGUFFile, info: TensorInfo, packed: bool) -> int:
         if any(k in info.name for k in (".attn_k_b.", ".attn_v_b.", ".attn_kv_b.")):
-            return 4 * info.n_elements  # decoded to float32 at load (see MLAttention)
+            # decoded to float32 at load (see MLAttention); with the kernels the split layout's
+            # matrices also keep their file bytes for decode steps (`load_heads_packed`)
+            also_packed = packed and ".attn_kv_b." not in info.name
+            return 4 * info.n_elements + (info.n_bytes if also_packed else 0)
         return super().resident_bytes(gf, info, packed)

@@ -126,12 +126,12 @@ class HybridCache(TokenCache):
         if any(p > start_pos for p in self.checkpoints):
             self.checkpoints = {p: s for p, s in self.checkpoints.items() if p <= start_pos}
 
-    def update(self, layer: int, start_pos: int, k: torch.Tensor, v: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(self, layer: int, start_pos: int, k: torch.Tensor, v: torch.Tensor,
+               raw: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """KVCache.update for attention layer `layer`: k, v [n_kv, T, d] -> views
         [n_kv, start_pos + T, d] of everything cached so far."""
         self._forget_from(start_pos)
-        keys, values = self.kv.update(self.slot[layer], start_pos, k, v)
+        keys, values = self.kv.update(self.slot[layer], start_pos, k, v, raw)
         self.n_filled = start_pos + k.shape[1]
         return keys, values
 

@@ -55,7 +55,8 @@ class Attention:
         q, k, v = self.project(x)
         q = a.rope.rotate(q.transpose(0, 1), a.cos, a.sin)  # [Hq, T, D]
         k = a.rope.rotate(k.transpose(0, 1), a.cos, a.sin)  # [Hkv, T, D]
-        keys, values = cache.update(self.layer, step.start_pos, k, v.transpose(0, 1))  # [Hkv, S, D]
+        # raw: float16 keys stay float16 for attention()'s fused decode kernel
+        keys, values = cache.update(self.layer, step.start_pos, k, v.transpose(0, 1), raw=True)  # [Hkv, S, D]
         out = attention(q, keys[:, a.key_start:], values[:, a.key_start:], a.mask, self.scale,
                         step.recorder, self.layer)  # [Hq, T, Dv]
         return self.wo(out.transpose(0, 1).reshape(T, -1))  # [T, n_embd]
