@@ -129,6 +129,8 @@ class RoPE:
         """x [H, T, D] -> rotated [H, T, D] with `tables` output; same values as __call__
         (x1*cos - x2*sin == x1*cos + x2*(-sin)) in 3 ops instead of ~8."""
         r = self.n_rot
+        if x.dim() == 3 and x.dtype == torch.float32 and (k := fused_ops()) is not None:
+            return k.rope(x, c, s, self.neox)  # one call; the same products and sums
         xr = x if r == x.shape[-1] else x[..., :r]
         if self.neox:
             partner = torch.roll(xr, r // 2, dims=-1) if r == x.shape[-1] else \

@@ -265,15 +265,17 @@ def test_worker_keeps_the_live_routing_complete(tiny_model_factory):
         return LiveTrace(n_layer, attention=attention, routing=routing)
 
     def assert_complete(trace):
-        """Every forwarded position has routing, equal to one full pass's."""
+        """Every forwarded position has routing, equal to one full pass's (up to float32
+        rounding: decode steps go through the fused attention and rotary kernels, the full
+        pass through batched products, which sum in another order)."""
         n = trace.n_tokens
         assert n == len(w.cache.ids) > len(seen["ids"][-1])
         ins = inspect(w.model, list(w.cache.ids), what=("routing",))
         snap = trace.snapshot_routing(0, n)
         for li in snap.layers:
             np.testing.assert_array_equal(snap.topk_ids[li], ins.topk_ids[li])
-            np.testing.assert_allclose(snap.topk_weights[li], ins.topk_weights[li], atol=1e-5)
-            np.testing.assert_allclose(snap.router_probs[li], ins.router_probs[li], atol=1e-5)
+            np.testing.assert_allclose(snap.topk_weights[li], ins.topk_weights[li], atol=3e-5)
+            np.testing.assert_allclose(snap.router_probs[li], ins.router_probs[li], atol=3e-5)
 
     messages = [("user", "hello")]
     first = live()

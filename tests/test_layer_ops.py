@@ -7,6 +7,7 @@
   values as the first columns of the key rows) and any thread count; bad shapes are refused;
 - with a recorder, decode steps still take the kernel's output (an open inspection panel
   changes no logit) and record the probabilities computed apart;
+- `rope` equals the plain cos/sin rotation, NEOX and adjacent-pair modes, partial rotary widths;
 - a model decoding on a float16 KV cache (the default where the kernel runs) stays within
   float16 rounding of the float32 cache, and `attention()` takes the kernel only where it may
   (one token, no mask, no recorder asking for probabilities).
@@ -160,3 +161,23 @@ def test_float16_kv_cache_decodes_within_its_rounding(tiny_model_factory, monkey
     assert max_rel_err(a.numpy(), b.numpy()) > 0  # the caches really differ in precision
     monkeypatch.setenv("LLMLENS_KV_CACHE", "f32")
     assert load_model(tm.gguf["f32"], n_ctx=64).cache_bytes_per_token == 2 * f16.bytes_per_token
+
+
+@pytest.mark.parametrize("neox", [True, False])
+@pytest.mark.parametrize("n_rot,width,t", [(64, 64, 1), (64, 96, 5), (32, 128, 3)])
+def test_rope_matches_the_torch_rotation(neox, n_rot, width, t):
+    from engine.layers import RoPE
+
+    rope = RoPE(n_rot, 10000.0, neox)
+    c, s = rope.tables(7, t)  # [t, n_rot] each
+    gen = torch.Generator().manual_seed(n_rot + t)
+    x = torch.randn(t, 4, width, generator=gen).transpose(0, 1)  # [H, T, D], strided like q
+    fused = K.rope(x, c, s, neox)
+    assert fused.shape == x.shape and fused.is_contiguous()
+    # RoPE.__call__ is the plain (cos, sin) formula, independent of the fused path
+    torch.testing.assert_close(fused, rope(x, *rope.cos_sin(7, t)), rtol=1e-6, atol=1e-6)
+    assert torch.equal(fused[..., n_rot:], x[..., n_rot:])
+    for bad_c, bad_s in ((c.repeat(2, 1), s.repeat(2, 1)),  # tables for other positions
+                         (c[:, :n_rot - 1], s[:, :n_rot - 1])):  # an odd rotary width
+        with pytest.raises(RuntimeError, match="tables"):
+            K.rope(x, bad_c, bad_s, neox)

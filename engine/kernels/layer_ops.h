@@ -131,12 +131,22 @@ inline __m256 exp8(__m256 x) {
   return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
 }
 
+// Software prefetch of one cached row: the cache is cold in a decode step (a whole model's
+// weights were read since this layer's keys), and the hardware prefetchers alone read it at
+// 2-3 GB/s a core here (measured on 256-wide float16 rows).
+inline void prefetch_row(const void* row, int64_t bytes) {
+  for (int64_t o = 0; o < bytes; o += 64) _mm_prefetch((const char*)row + o, _MM_HINT_T0);
+}
+
 // sc[g * ns + j] = scale * q_g . k_j for GN query heads (q rows D apart) and keys [s0, s0 + n):
 // each key row is loaded once for all heads.
 template <int GN>
 void scores_avx2(const float* q, int64_t D, const CacheView& K, int64_t h, int64_t s0, int64_t n,
                  float scale, float* sc, int64_t ns) {
+  const int64_t row_bytes = D * (K.f16 ? 2 : 4);
+  constexpr int64_t kAhead = 4;  // rows
   for (int64_t j = 0; j < n; ++j) {
+    if (j + kAhead < n) prefetch_row(K.row(h, s0 + j + kAhead), row_bytes);
     const void* kr = K.row(h, s0 + j);
     __m256 acc[GN];
     for (int g = 0; g < GN; ++g) acc[g] = _mm256_setzero_ps();
@@ -152,10 +162,12 @@ void scores_avx2(const float* q, int64_t D, const CacheView& K, int64_t h, int64
 // blocks of keys small enough to stay in L1 while every 8-value column of them is summed.
 template <int GN>
 void pv_avx2(const float* p, int64_t ns, const CacheView& V, int64_t h, int64_t s0, int64_t n, float* acc) {
-  const int64_t Dv = V.width;
+  const int64_t Dv = V.width, row_bytes = Dv * (V.f16 ? 2 : 4);
   constexpr int64_t kBlock = 32;
+  for (int64_t j = 0; j < std::min(n, kBlock); ++j) prefetch_row(V.row(h, s0 + j), row_bytes);
   for (int64_t b0 = 0; b0 < n; b0 += kBlock) {
     const int64_t b1 = std::min(n, b0 + kBlock);
+    for (int64_t j = b1; j < std::min(n, b1 + kBlock); ++j) prefetch_row(V.row(h, s0 + j), row_bytes);
     for (int64_t d = 0; d < Dv; d += 8) {
       __m256 a[GN];
       for (int g = 0; g < GN; ++g) a[g] = _mm256_loadu_ps(acc + g * Dv + d);
