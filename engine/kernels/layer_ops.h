@@ -3,7 +3,8 @@
 // hundred values, so dispatch (~5-20 us an op) costs more than the arithmetic; and the cache
 // is read in its stored precision (float16, as llama.cpp keeps it) without first making a
 // float32 copy of every key. Portable C++: AVX2/F16C intrinsics where the build has them,
-// loops the compiler vectorises elsewhere (NEON). Included by qgemv.cpp after blocks.h.
+// loops the compiler vectorises elsewhere (NEON). Included by qgemv.cpp after blocks.h and the
+// architecture's kernels (x86_avx2.h gives hsum_float_8).
 
 #pragma once
 
@@ -32,14 +33,24 @@ inline void rms_norm_row(const float* x, const float* w, float* y, int64_t n, fl
     const __m256 v = _mm256_loadu_ps(x + i);
     acc = _mm256_fmadd_ps(v, v, acc);
   }
-  __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-  s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-  s4 = _mm_add_ss(s4, _mm_movehdup_ps(s4));
-  ss = _mm_cvtss_f32(s4);
+  ss = hsum_float_8(acc);
 #endif
   for (; i < n; ++i) ss += x[i] * x[i];
   const float r = 1.f / std::sqrt(ss / (float)n + eps);
   for (int64_t j = 0; j < n; ++j) y[j] = x[j] * r * w[j];
+}
+
+// One position of one head: o[i] = x[i] c[i] + x[partner(i)] s[i] for i < r (partner i + r/2 mod r
+// in NEOX mode, i ^ 1 for adjacent pairs), x[i] for r <= i < D; x is `sd` floats apart.
+inline void rope_row(const float* x, int64_t sd, const float* c, const float* s, int64_t r,
+                     int64_t D, bool neox, float* o) {
+  const int64_t half = r / 2;
+  for (int64_t i = 0; i < r; ++i) {
+    const int64_t p = neox ? (i + half) % r : (i ^ 1);
+    const float prod = x[i * sd] * c[i], other = x[p * sd] * s[i];
+    o[i] = prod + other;
+  }
+  for (int64_t i = r; i < D; ++i) o[i] = x[i * sd];
 }
 
 // src row of n values (float16 bits or float32) -> float32 dst
@@ -66,11 +77,7 @@ inline float dot(const float* a, const float* b, int64_t n) {
     acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
     acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), acc1);
   }
-  const __m256 acc = _mm256_add_ps(acc0, acc1);
-  __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-  s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-  s4 = _mm_add_ss(s4, _mm_movehdup_ps(s4));
-  s = _mm_cvtss_f32(s4);
+  s = hsum_float_8(_mm256_add_ps(acc0, acc1));
 #endif
   for (; i < n; ++i) s += a[i] * b[i];
   return s;
@@ -99,13 +106,6 @@ struct CacheView {
 };
 
 #if LLMLENS_LAYER_AVX2
-inline float hsum8(__m256 v) {
-  __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-  s4 = _mm_add_ss(s4, _mm_movehdup_ps(s4));
-  return _mm_cvtss_f32(s4);
-}
-
 // 8 values of a cached row from element offset d, as float32
 inline __m256 load8(const void* row, bool f16, int64_t d) {
   return f16 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)((const uint16_t*)row + d)))
@@ -154,7 +154,7 @@ void scores_avx2(const float* q, int64_t D, const CacheView& K, int64_t h, int64
       const __m256 kv = load8(kr, K.f16, d);
       for (int g = 0; g < GN; ++g) acc[g] = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * D + d), kv, acc[g]);
     }
-    for (int g = 0; g < GN; ++g) sc[g * ns + j] = hsum8(acc[g]) * scale;
+    for (int g = 0; g < GN; ++g) sc[g * ns + j] = hsum_float_8(acc[g]) * scale;
   }
 }
 
@@ -223,7 +223,7 @@ inline void attend_chunk(const float* q, int64_t G, int64_t D, const CacheView& 
         _mm256_storeu_ps(s + j, e);
         sum8 = _mm256_add_ps(sum8, e);
       }
-      float sum = hsum8(sum8);
+      float sum = hsum_float_8(sum8);
       for (; j < n; ++j) sum += (s[j] = std::exp(s[j] - mx));
       m[g] = mx;
       l[g] = sum;

@@ -320,24 +320,10 @@ torch::Tensor rope(torch::Tensor x, torch::Tensor c, torch::Tensor s, bool neox)
   auto out = torch::empty({H, T, D}, x.options());
   const float *C = c.data_ptr<float>(), *Sn = s.data_ptr<float>(), *X = x.data_ptr<float>();
   float* O = out.data_ptr<float>();
-  const int64_t sh = x.stride(0), st = x.stride(1), sd = x.stride(2), half = r / 2;
+  const int64_t sh = x.stride(0), st = x.stride(1), sd = x.stride(2);
   for (int64_t h = 0; h < H; ++h)
-    for (int64_t t = 0; t < T; ++t) {
-      const float* xr = X + h * sh + t * st;
-      const float *ct = C + t * r, *stt = Sn + t * r;
-      float* o = O + (h * T + t) * D;
-      if (neox)
-        for (int64_t i = 0; i < r; ++i) {
-          const float prod = xr[i * sd] * ct[i], other = xr[((i + half) % r) * sd] * stt[i];
-          o[i] = prod + other;
-        }
-      else
-        for (int64_t i = 0; i < r; ++i) {
-          const float prod = xr[i * sd] * ct[i], other = xr[(i ^ 1) * sd] * stt[i];
-          o[i] = prod + other;
-        }
-      for (int64_t i = r; i < D; ++i) o[i] = xr[i * sd];
-    }
+    for (int64_t t = 0; t < T; ++t)
+      layer_ops::rope_row(X + h * sh + t * st, sd, C + t * r, Sn + t * r, r, D, neox, O + (h * T + t) * D);
   return out;
 }
 
