@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from gguf import GGUFReader, GGUFValueType
 
-from engine.gguf.reader import open_gguf
+from engine.errors import GGUFError
+from engine.gguf.reader import StringArray, _Cursor, _read_string_array, open_gguf
 from tests.ggufs import write_tiny_gguf
 
 
@@ -64,5 +67,39 @@ def test_default_model_matches_gguf_py(default_model):
         assert [t.ggml_type for t in gf.tensors] == [int(t.tensor_type) for t in ref.tensors]
         assert [t.offset for t in gf.tensors] == [int(t.data_offset) for t in ref.tensors]
         tokens = ref.fields["tokenizer.ggml.tokens"]
-        assert gf.metadata["tokenizer.ggml.tokens"][:1000] == [
-            bytes(tokens.parts[i]).decode("utf-8") for i in tokens.data[:1000]]
+        assert gf.metadata["tokenizer.ggml.tokens"] == [
+            bytes(tokens.parts[i]).decode("utf-8") for i in tokens.data]
+
+
+def _string_array_bytes(items: list[bytes]) -> bytes:
+    return b"".join(len(b).to_bytes(8, "little") + b for b in items)
+
+
+def test_string_array_is_compact_and_reads_like_a_list():
+    items = [b"a", b"", "\u2581h\u00e9llo".encode(), b"\xff\xfe", "\U0001f600".encode(), b"z" * 300]
+    cur = _Cursor(memoryview(_string_array_bytes(items) + b"tail"), Path("x.gguf"))
+    arr = _read_string_array(cur, len(items), "k")
+    expected = [b.decode("utf-8", errors="replace") for b in items]
+    assert isinstance(arr, StringArray) and len(arr) == len(items)
+    assert cur.pos == len(_string_array_bytes(items))  # stops right before the next value
+    assert list(arr) == expected and arr == expected and arr == tuple(expected)
+    assert [arr[i] for i in range(-len(items), len(items))] == expected + expected
+    assert arr[1:4] == expected[1:4] and arr[::-2] == expected[::-2]
+    assert arr.index("\U0001f600") == 4 and "a" in arr and "b" not in arr
+    assert arr != expected[:-1] and arr != expected[:-1] + ["y"]
+    assert arr.nbytes == sum(map(len, items)) + 8 * (len(items) + 1)  # no per-item objects
+    with pytest.raises(IndexError):
+        arr[len(items)]
+    assert StringArray.from_strings(expected) == arr == StringArray.from_strings(expected)
+
+
+@pytest.mark.parametrize("cut", [4, 8 + 1 + 3, 8 + 1 + 8 + 2])
+def test_truncated_string_array_is_a_clear_error(cut):
+    data = _string_array_bytes([b"a", b"bc", b"def"])[:cut]
+    with pytest.raises(GGUFError, match="item of k|length of an item of k"):
+        _read_string_array(_Cursor(memoryview(data), Path("x.gguf")), 3, "k")
+
+
+def test_empty_string_array():
+    arr = _read_string_array(_Cursor(memoryview(b""), Path("x.gguf")), 0, "k")
+    assert len(arr) == 0 and list(arr) == [] and arr == [] and not arr

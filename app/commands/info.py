@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from engine.default_model import resolve_model_path
-from engine.gguf.reader import open_gguf
+from engine.gguf.reader import StringArray, open_gguf
 from engine.gguf.summary import human_bytes, summarize
 
 MAX_JSON_ARRAY = 64
@@ -22,10 +22,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _json_value(value: Any, type_name: str) -> Any:
-    if isinstance(value, (list, np.ndarray)):
+    if isinstance(value, (list, np.ndarray, StringArray)):
         if len(value) > MAX_JSON_ARRAY:
             return {"type": type_name, "length": len(value)}
-        return value.tolist() if isinstance(value, np.ndarray) else value
+        return value.tolist() if isinstance(value, np.ndarray) else list(value)
     if isinstance(value, float) and not np.isfinite(value):
         return str(value)
     return value

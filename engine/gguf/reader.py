@@ -15,6 +15,8 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+import operator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -135,11 +137,83 @@ def _min_value_size(value_type: int) -> int:
 _U64 = struct.Struct("<Q")
 
 
-def _read_string_array(cur: _Cursor, n: int, key: str) -> list[str]:
+class StringArray(Sequence[str]):
+    """An array of UTF-8 strings kept as one bytes blob and its offsets, decoded on access.
+
+    A 262k-token vocabulary held as Python strings costs ~22 MiB (a str object per token and a
+    list slot); as one blob plus an int64 offset per item it is ~4 MiB. Indexing returns a
+    `str` (undecodable bytes become U+FFFD, as the list did); a slice returns a list, and the
+    array compares equal to a list or tuple of the same strings.
+    """
+
+    __slots__ = ("_blob", "_offsets")
+
+    def __init__(self, blob: bytes, offsets: np.ndarray):
+        self._blob = blob
+        self._offsets = offsets  # int64 [n + 1]: item i is blob[offsets[i]:offsets[i + 1]]
+
+    @classmethod
+    def from_strings(cls, items: Sequence[str]) -> StringArray:
+        raw = [s.encode("utf-8", "surrogatepass") for s in items]
+        offsets = np.zeros(len(raw) + 1, np.int64)
+        np.cumsum([len(r) for r in raw], out=offsets[1:])
+        return cls(b"".join(raw), offsets)
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    def _item(self, i: int) -> str:
+        raw = self._blob[self._offsets[i]:self._offsets[i + 1]]
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return raw.decode("utf-8", errors="replace")
+
+    def __getitem__(self, index):  # int -> str, slice -> list[str]
+        n = len(self)
+        if isinstance(index, slice):
+            return [self._item(i) for i in range(*index.indices(n))]
+        i = operator.index(index)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"string array index {index} out of range ({n} items)")
+        return self._item(i)
+
+    def __iter__(self) -> Iterator[str]:
+        offsets = self._offsets.tolist()
+        blob = self._blob
+        for a, b in zip(offsets, offsets[1:]):
+            raw = blob[a:b]
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError:
+                yield raw.decode("utf-8", errors="replace")
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, StringArray) and self._blob == other._blob:
+            return np.array_equal(self._offsets, other._offsets)
+        if isinstance(other, (list, tuple, StringArray)):
+            return len(other) == len(self) and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    __hash__ = None  # unhashable, like the list it stands in for
+
+    @property
+    def nbytes(self) -> int:
+        return len(self._blob) + self._offsets.nbytes
+
+    def __repr__(self) -> str:
+        head = ", ".join(repr(s) for s in self[:4])
+        return f"StringArray([{head}{', …' if len(self) > 4 else ''}], n={len(self)})"
+
+
+def _read_string_array(cur: _Cursor, n: int, key: str) -> StringArray:
     """The hot loop of opening a file (a vocabulary is 30k-260k strings), kept tight."""
     buf, pos, end, unpack = cur.buf, cur.pos, len(cur.buf), _U64.unpack_from
-    out: list[str] = []
-    append = out.append
+    base = pos
+    lengths: list[int] = []
+    append = lengths.append
     for _ in range(n):
         if pos + 8 > end:
             cur.pos = pos
@@ -149,14 +223,18 @@ def _read_string_array(cur: _Cursor, n: int, key: str) -> list[str]:
         if length > end - pos:
             cur.pos = pos
             cur.need(length, f"item of {key}")
-        raw = bytes(buf[pos:pos + length])
+        append(length)
         pos += length
-        try:
-            append(raw.decode("utf-8"))
-        except UnicodeDecodeError:
-            append(raw.decode("utf-8", errors="replace"))
+    offsets = np.zeros(n + 1, np.int64)
+    np.cumsum(np.asarray(lengths, np.int64), out=offsets[1:])
+    # One copy of the items' bytes, the 8-byte length prefix before each one left out.
+    keep = np.ones(pos - base, bool)
+    prefix_at = 8 * np.arange(n, dtype=np.int64) + offsets[:-1]
+    for k in range(8):
+        keep[prefix_at + k] = False
+    blob = np.frombuffer(buf, np.uint8, count=pos - base, offset=base)[keep].tobytes()
     cur.pos = pos
-    return out
+    return StringArray(blob, offsets)
 
 
 def _read_value(cur: _Cursor, value_type: int, key: str) -> tuple[Any, str]:

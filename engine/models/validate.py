@@ -35,7 +35,7 @@ import numpy as np
 
 from engine.errors import (GGUFError, LLMLensError, ModelTooLargeError,
                            UnsupportedArchitectureError)
-from engine.gguf.reader import GGUFFile
+from engine.gguf.reader import GGUFFile, StringArray
 
 # Longest context_length we believe (134M): over 10x the largest any released model claims.
 MAX_CONTEXT = 1 << 27
@@ -483,9 +483,9 @@ def _check_consistency(c: _Checker, moe_arch: bool) -> None:
     if "n_vocab_key" in v:
         v["n_vocab"] = v["n_vocab_key"]
         c.keys["n_vocab"] = c.keys["n_vocab_key"]
-        if isinstance(tokens, list) and tokens and len(tokens) != v["n_vocab"]:
+        if isinstance(tokens, (list, StringArray)) and tokens and len(tokens) != v["n_vocab"]:
             raise fail(f"{show('n_vocab')} but tokenizer.ggml.tokens lists {len(tokens)} tokens")
-    elif isinstance(tokens, list) and tokens:
+    elif isinstance(tokens, (list, StringArray)) and tokens:
         v["n_vocab"] = len(tokens)
         c.keys["n_vocab"] = "the vocabulary size (tokenizer.ggml.tokens)"
 

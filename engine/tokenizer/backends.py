@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Sequence
 
 import numpy as np
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
@@ -83,7 +84,7 @@ def build_spm(vocab: Vocab) -> Tokenizer:
     return Tokenizer(model)
 
 
-def _split_merges(merges: list[str]) -> list[tuple[str, str]]:
+def _split_merges(merges: Sequence[str]) -> list[tuple[str, str]]:
     """GGUF "a b" merge strings -> pairs; the first occurrence of a pair keeps its rank."""
     pairs: list[tuple[str, str]] = []
     seen: set[tuple[str, str]] = set()

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from engine.errors import GGUFError, LLMLensError
+from engine.gguf.reader import StringArray
 
 
 class Attr(enum.IntFlag):
@@ -78,7 +80,7 @@ class Vocab:
     tokens: list[str]
     scores: np.ndarray              # float32 [n_vocab]
     attrs: np.ndarray               # int32 [n_vocab], Attr bits
-    merges: list[str] | None
+    merges: Sequence[str] | None  # a GGUF file gives a StringArray
     bos_id: int | None
     eos_id: int | None
     unk_id: int | None
@@ -136,7 +138,7 @@ def read_vocab(md: dict[str, Any]) -> Vocab:
                            f"{', '.join(sorted(_MODEL_TYPES))}")
     vtype = _MODEL_TYPES[model]
     tokens = md.get("tokenizer.ggml.tokens")
-    if not isinstance(tokens, list) or not tokens:
+    if not isinstance(tokens, (list, StringArray)) or not tokens:
         raise GGUFError("tokenizer.ggml.tokens is missing or empty")
     n = len(tokens)
     # llama.cpp renames empty tokens so that text -> id stays a bijection.

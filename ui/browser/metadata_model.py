@@ -7,6 +7,7 @@ and filters them by substring without ever building one row per item up front.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -171,7 +172,7 @@ class ArrayItemsModel(QAbstractTableModel):
         finally:
             self._resetting = False
 
-    def set_array(self, items: list | np.ndarray, type_name: str = "") -> None:
+    def set_array(self, items: Sequence | np.ndarray, type_name: str = "") -> None:
         self.beginResetModel()
         self._items = items
         self._type = type_name[6:-1] if type_name.startswith("array[") else ""
