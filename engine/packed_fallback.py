@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from gguf.constants import GGMLQuantizationType
 
-from engine.gguf.dequant import (_SH_0_2_4_6, _SH_0_4, _SH_BITS, _bits32, _nibbles_k,
+from engine.gguf.dequant import (_SH_0_2_4_6, _SH_BITS, _bits32, _nibbles_k, split_nibbles,
                                  _scale_min_k4, block_layout, dequantize_raw)
 from engine.gguf.dequant import _nibbles as _nibbles_legacy
 from engine.generate import trim_heap
@@ -146,7 +146,7 @@ def _q5_k_codes(b: torch.Tensor) -> torch.Tensor:
 
 def _q6_k_codes(b: torch.Tensor) -> torch.Tensor:
     n = b.shape[0]
-    ql = ((b[:, :128].reshape(n, 2, 1, 64) >> _SH_0_4.view(1, 1, 2, 1)) & 0x0F).reshape(n, 8, 32)
+    ql = split_nibbles(b[:, :128].reshape(n, 2, 64), 2).reshape(n, 8, 32)
     qh = ((b[:, 128:192].reshape(n, 2, 1, 32) >> _SH_0_2_4_6.view(1, 1, 4, 1)) & 3).reshape(n, 8, 32)
     return (ql | (qh << 4)).reshape(n, 256)                  # q + 32
 

@@ -72,7 +72,6 @@ def row_bytes(ggml_type: int, row_len: int) -> int:
 # Each kernel decodes blocks [n, type_size] (uint8, contiguous) into out [n, block_size] (f32).
 # Comments give the byte layout of one block, as in ggml-common.h.
 
-_SH_0_4 = torch.tensor([0, 4], dtype=torch.uint8)
 _SH_0_2_4_6 = torch.tensor([0, 2, 4, 6], dtype=torch.uint8)
 _SH_BITS = torch.arange(8, dtype=torch.uint8)
 
@@ -82,9 +81,15 @@ def _f16(b: torch.Tensor, at: int) -> torch.Tensor:
     return b[:, at:at + 2].contiguous().view(torch.float16).float()
 
 
+def split_nibbles(q: torch.Tensor, dim: int) -> torch.Tensor:
+    """uint8 q -> its low nibbles, then its high ones, stacked at `dim`. Scalar shifts: torch
+    vectorises them for uint8, not a broadcast tensor of shift counts (3-4x slower)."""
+    return torch.stack((q & 0x0F, q >> 4), dim=dim)
+
+
 def _nibbles(qs: torch.Tensor) -> torch.Tensor:
     """[n, m] bytes -> [n, 2, m]: low nibbles of all m bytes, then high nibbles."""
-    return (qs.unsqueeze(1) >> _SH_0_4.view(1, 2, 1)) & 0x0F
+    return split_nibbles(qs, 1)
 
 
 def _bits32(qh: torch.Tensor) -> torch.Tensor:
@@ -185,7 +190,7 @@ def _scale_min_k4(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _nibbles_k(qs: torch.Tensor, n: int) -> torch.Tensor:
     """K-quant nibble order: each 32-byte run gives 32 low nibbles then 32 high ones."""
-    return ((qs.reshape(n, -1, 1, 32) >> _SH_0_4.view(1, 1, 2, 1)) & 0x0F).reshape(n, -1, 32)
+    return split_nibbles(qs.reshape(n, -1, 32), 2).reshape(n, -1, 32)
 
 
 def _q4_k(b: torch.Tensor, out: torch.Tensor) -> None:
@@ -221,7 +226,7 @@ def _q6_k(b: torch.Tensor, out: torch.Tensor) -> None:
     n = b.shape[0]
     d = _f16(b, 208)                                             # [n, 1]
     dl = (d * b[:, 192:208].view(torch.int8).float()).view(n, 16, 1)
-    ql = ((b[:, :128].reshape(n, 2, 1, 64) >> _SH_0_4.view(1, 1, 2, 1)) & 0x0F).reshape(n, 8, 32)
+    ql = split_nibbles(b[:, :128].reshape(n, 2, 64), 2).reshape(n, 8, 32)
     qh = (b[:, 128:192].reshape(n, 2, 1, 32) >> _SH_0_2_4_6.view(1, 1, 4, 1)) & 3
     qh = qh.reshape(n, 8, 32)
     q = ((ql | (qh << 4)).view(torch.int8) - 32).view(n, 16, 16)
