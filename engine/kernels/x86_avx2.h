@@ -42,11 +42,6 @@ inline __m256i bytes_from_bits_32(const uint8_t* p) {
   return _mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1));
 }
 
-// Two int16 scales for the two 16-value halves of a 32-byte group, as 16 x int16 lanes.
-inline __m256i scales_2x16(int lo, int hi) {
-  return _mm256_set_m128i(_mm_set1_epi16((short)hi), _mm_set1_epi16((short)lo));
-}
-
 // 32 int8 values v times float scales (s0 for the first 16, s1 for the last 16) -> y[0..32)
 inline void store_i8x32(const __m256i v, float s0, float s1, float* y) {
   const __m128i lo = _mm256_castsi256_si128(v), hi = _mm256_extracti128_si256(v, 1);

@@ -214,30 +214,6 @@ void dot_mxfp4(DOT_ARGS) {
 // K-quants against Q8_K. Each 32-value group: unsigned codes u (<= 63) times the int16 scales
 // of its two 16-value halves; offsets and mins go through the activation's per-16 sums.
 
-void unpack_scales_k4(const uint8_t* scales, uint8_t sc[8], uint8_t mn[8]) {
-  uint32_t u[4];
-  std::memcpy(u, scales, 12);
-  const uint32_t k1 = 0x3f3f3f3f, k2 = 0x0f0f0f0f, k3 = 0x03030303;
-  u[3] = ((u[2] >> 4) & k2) | (((u[1] >> 6) & k3) << 4);
-  const uint32_t uaux = u[1] & k1;
-  u[1] = (u[2] & k2) | (((u[0] >> 6) & k3) << 4);
-  u[2] = uaux;
-  u[0] &= k1;
-  std::memcpy(sc, u, 8);
-  std::memcpy(mn, u + 2, 8);
-}
-
-void unpack_scales_q3(const uint8_t* scales, int8_t out[16]) {
-  uint32_t aux[4];
-  std::memcpy(aux, scales, 12);
-  const uint32_t tmp = aux[2], k1 = 0x03030303, k2 = 0x0f0f0f0f;
-  aux[2] = ((aux[0] >> 4) & k2) | (((tmp >> 4) & k1) << 4);
-  aux[3] = ((aux[1] >> 4) & k2) | (((tmp >> 6) & k1) << 4);
-  aux[0] = (aux[0] & k2) | (((tmp >> 0) & k1) << 4);
-  aux[1] = (aux[1] & k2) | (((tmp >> 2) & k1) << 4);
-  std::memcpy(out, aux, 16);
-}
-
 // sumi[t] += madd(scales, maddubs(u, q8 of token t at byte offset `at` of the super-block))
 #define ACC_TOKENS(u, scales, at)                                                            \
   for (int t = 0; t < T; ++t) {                                                              \
@@ -245,26 +221,45 @@ void unpack_scales_q3(const uint8_t* scales, int8_t out[16]) {
     sumi[t] = _mm256_add_epi32(sumi[t], _mm256_madd_epi16((scales), _mm256_maddubs_epi16((u), q8))); \
   }
 
+// The 12 packed scale bytes of a Q4_K / Q5_K super-block -> [sc 0..7 | mn 0..7] (6 bits each),
+// as ggml's get_scale_min_k4 gives them, in one register: three byte shuffles instead of ~20
+// scalar ops and a 16-byte reload of two 8-byte stores (a store-forwarding stall). Reads 16
+// bytes at `scales`; the block goes on past the 12.
+inline __m128i unpack_scales_k4_x(const uint8_t* scales) {
+  const __m128i x = _mm_loadu_si128((const __m128i*)scales);
+  // low bits: sc 0..3 = s[0..3] & 63, sc 4..7 = s[8..11] & 15, mn 0..3 = s[4..7] & 63
+  const __m128i lo = _mm_and_si128(_mm_shuffle_epi8(x, _mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, -1, -1, -1, -1)),
+                                   _mm_setr_epi8(63, 63, 63, 63, 15, 15, 15, 15, 63, 63, 63, 63, 0, 0, 0, 0));
+  // mn 4..7 = s[8..11] >> 4
+  const __m128i lo2 = _mm_shuffle_epi8(_mm_and_si128(_mm_srli_epi16(x, 4), _mm_set1_epi8(15)),
+                                       _mm_setr_epi8(-1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 8, 9, 10, 11));
+  // high bits 4, 5: of sc 4..7 = s[0..3] >> 6, of mn 4..7 = s[4..7] >> 6
+  const __m128i hi = _mm_and_si128(_mm_shuffle_epi8(_mm_srli_epi16(x, 2), _mm_setr_epi8(-1, -1, -1, -1, 0, 1, 2, 3, -1, -1, -1, -1, 4, 5, 6, 7)),
+                                   _mm_set1_epi8(0x30));
+  return _mm_or_si128(_mm_or_si128(lo, lo2), hi);
+}
+
 template <int FT, bool FIVE>
 void dot_q4_5_k(DOT_ARGS) {
   const int T = FT ? FT : T_;
   const int bs = FIVE ? 176 : 144;
-  const __m256i m4 = _mm256_set1_epi8(0xF), one = _mm256_set1_epi8(1);
-  __m256 acc[kMaxT];
-  float acc_m[kMaxT];
-  for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps(), acc_m[t] = 0.f;
+  const __m256i m4 = _mm256_set1_epi8(0xF), m5 = _mm256_set1_epi8(0x10);
+  // the mins go into a vector accumulator of their own: no horizontal sum per super-block
+  __m256 acc[kMaxT], acc_m[kMaxT];
+  for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps(), acc_m[t] = _mm256_setzero_ps();
   for (int64_t i = 0; i < n / QK_K; ++i) {
     const uint8_t* blk = w + i * bs;
-    const float dw = h2f(*(const uint16_t*)blk), dminw = h2f(*(const uint16_t*)(blk + 2));
-    uint8_t sc_mn[16];  // the 8 group scales, then the 8 group mins
-    unpack_scales_k4(blk + 4, sc_mn, sc_mn + 8);
+    int32_t dd32;
+    std::memcpy(&dd32, blk, 4);
+    const __m128 dd = _mm_cvtph_ps(_mm_cvtsi32_si128(dd32));  // [d, dmin, 0, 0]
     // scales and mins as int16 lanes; each group's scale is broadcast by a byte shuffle (one
     // uop) instead of a scalar load + broadcast, and the mins meet the activation's per-16
     // sums in one madd: the integer sums are the same as term by term
-    const __m256i sc16 = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i*)sc_mn));  // [sc 0..7 | mn 0..7]
-    const __m256i scales = _mm256_permute2x128_si256(sc16, sc16, 0x00);  // sc 0..7 in both halves
-    const __m128i mn8 = _mm_loadl_epi64((const __m128i*)(sc_mn + 8));
-    const __m256i mins = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mn8, mn8));  // mn[j] twice: pairs of bsums
+    // [sc 0..7 | mn 0..7] bytes in both halves; byte shuffles with a zero high byte
+    // (index -1) read them out as int16 lanes
+    const __m256i sc_mn = _mm256_broadcastsi128_si256(unpack_scales_k4_x(blk + 4));
+    const __m256i mins = _mm256_shuffle_epi8(sc_mn, _mm256_setr_epi8(8, -1, 8, -1, 9, -1, 9, -1, 10, -1, 10, -1, 11, -1, 11, -1,
+                                                                     12, -1, 12, -1, 13, -1, 13, -1, 14, -1, 14, -1, 15, -1, 15, -1));  // mn[j] twice: pairs of bsums
     const __m256i hbits = FIVE ? _mm256_loadu_si256((const __m256i*)(blk + 16)) : _mm256_setzero_si256();
     const uint8_t* q4 = blk + (FIVE ? 48 : 16);
     __m256i sumi[kMaxT];
@@ -273,36 +268,47 @@ void dot_q4_5_k(DOT_ARGS) {
       const __m256i bits = _mm256_loadu_si256((const __m256i*)(q4 + 32 * j));
       __m256i ul = _mm256_and_si256(bits, m4);
       __m256i uh = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
-      if (FIVE) {  // 5th bit of group 2j is bit 2j of qh, of group 2j+1 bit 2j+1
-        ul = _mm256_or_si256(ul, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 2 * j), one), 4));
-        uh = _mm256_or_si256(uh, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 2 * j + 1), one), 4));
+      if (FIVE) {  // 5th bit of group 2j is bit 2j of qh, of group 2j+1 bit 2j+1: shifted to bit 4
+        const int shl_l = 4 - 2 * j, shl_h = 3 - 2 * j;  // left shifts; negative: right
+        const __m256i bl = shl_l > 0 ? _mm256_slli_epi16(hbits, shl_l) : shl_l < 0 ? _mm256_srli_epi16(hbits, -shl_l) : hbits;
+        const __m256i bh = shl_h > 0 ? _mm256_slli_epi16(hbits, shl_h) : _mm256_srli_epi16(hbits, -shl_h);
+        ul = _mm256_or_si256(ul, _mm256_and_si256(bl, m5));
+        uh = _mm256_or_si256(uh, _mm256_and_si256(bh, m5));
       }
-      const __m256i sl = _mm256_shuffle_epi8(scales, _mm256_set1_epi16((int16_t)(0x0100 + 0x0202 * (2 * j))));
-      const __m256i sh = _mm256_shuffle_epi8(scales, _mm256_set1_epi16((int16_t)(0x0100 + 0x0202 * (2 * j + 1))));
+      const __m256i sl = _mm256_shuffle_epi8(sc_mn, _mm256_set1_epi16((int16_t)(0xFF00 + 2 * j)));
+      const __m256i sh = _mm256_shuffle_epi8(sc_mn, _mm256_set1_epi16((int16_t)(0xFF00 + 2 * j + 1)));
       ACC_TOKENS(ul, sl, 64 * j)
       ACC_TOKENS(uh, sh, 64 * j + 32)
     }
     for (int t = 0; t < T; ++t) {
       const act_q8_K& a = actK(A, as, t)[i];
-      const int msum = hsum_i32_8(_mm256_madd_epi16(mins, _mm256_loadu_si256((const __m256i*)a.bsums)));
-      acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(a.d * dw), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
-      acc_m[t] += a.d * dminw * (float)msum;
+      const __m128 ad = _mm_mul_ps(dd, _mm_set1_ps(a.d));  // [a.d * d, a.d * dmin]
+      const __m256i msum = _mm256_madd_epi16(mins, _mm256_loadu_si256((const __m256i*)a.bsums));
+      acc[t] = _mm256_fmadd_ps(_mm256_broadcastss_ps(ad), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+      acc_m[t] = _mm256_fmadd_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(ad)), _mm256_cvtepi32_ps(msum), acc_m[t]);
     }
   }
-  for (int t = 0; t < T; ++t) y[t * ys] = hsum_float_8(acc[t]) - acc_m[t];
+  for (int t = 0; t < T; ++t) y[t * ys] = hsum_float_8(_mm256_sub_ps(acc[t], acc_m[t]));
 }
 
 template <int FT> void dot_q4_k(DOT_ARGS) { dot_q4_5_k<FT, false>(w, A, as, T_, n, y, ys); }
 template <int FT> void dot_q5_k(DOT_ARGS) { dot_q4_5_k<FT, true>(w, A, as, T_, n, y, ys); }
+
+// The scale vector of group pair k (values 32k .. 32k+31 of a 128-value half) from that
+// half's 8 int16 scales in both 128-bit lanes: a byte shuffle puts scale 2k in the low lane and
+// 2k + 1 in the high one (instead of two scalar broadcasts per group pair).
+#define SCALE_PAIR(sc_half, k)                                                                \
+  _mm256_shuffle_epi8((sc_half), _mm256_setr_m128i(_mm_set1_epi16((int16_t)(0x0100 + 0x0202 * (2 * (k)))), \
+                                                   _mm_set1_epi16((int16_t)(0x0100 + 0x0202 * (2 * (k) + 1)))))
 
 // value = d * sc * (u - 32), u = 4 low bits | 2 high bits << 4
 template <int FT>
 void dot_q6_k(DOT_ARGS) {
   const int T = FT ? FT : T_;
   const block_q6_K* b = (const block_q6_K*)w;
-  const __m256i m4 = _mm256_set1_epi8(0xF), m2 = _mm256_set1_epi8(3);
-  float acc[kMaxT];
-  for (int t = 0; t < T; ++t) acc[t] = 0.f;
+  const __m256i m4 = _mm256_set1_epi8(0xF), m30 = _mm256_set1_epi8(0x30);
+  __m256 acc[kMaxT];
+  for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
   for (int64_t i = 0; i < n / QK_K; ++i) {
     const uint8_t* ql = b[i].ql;
     const uint8_t* qh = b[i].qh;
@@ -315,34 +321,42 @@ void dot_q6_k(DOT_ARGS) {
       const __m256i hb = _mm256_loadu_si256((const __m256i*)(qh + 32 * c));
       const __m256i b1 = _mm256_loadu_si256((const __m256i*)(ql + 64 * c));
       const __m256i b2 = _mm256_loadu_si256((const __m256i*)(ql + 64 * c + 32));
+      // high bit pair k of hb (bits 2k, 2k+1) shifted straight to bits 4, 5 and masked once
       const __m256i u[4] = {
-          _mm256_or_si256(_mm256_and_si256(b1, m4), _mm256_slli_epi16(_mm256_and_si256(hb, m2), 4)),
-          _mm256_or_si256(_mm256_and_si256(b2, m4),
-                          _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2), m2), 4)),
-          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b1, 4), m4),
-                          _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 4), m2), 4)),
+          _mm256_or_si256(_mm256_and_si256(b1, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 4), m30)),
+          _mm256_or_si256(_mm256_and_si256(b2, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 2), m30)),
+          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b1, 4), m4), _mm256_and_si256(hb, m30)),
           _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b2, 4), m4),
-                          _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 6), m2), 4)),
+                          _mm256_and_si256(_mm256_srli_epi16(hb, 2), m30)),
       };
-      // this half's 8 scales in both 128-bit lanes; a byte shuffle puts scale 2k in the low
-      // lane and 2k + 1 in the high one (instead of two scalar broadcasts per group pair)
       const __m256i sc_half = c ? sc_hi : sc_lo;
-      for (int k = 0; k < 4; ++k) {
-        const __m256i pick = _mm256_setr_m128i(_mm_set1_epi16((int16_t)(0x0100 + 0x0202 * (2 * k))),
-                                               _mm_set1_epi16((int16_t)(0x0100 + 0x0202 * (2 * k + 1))));
-        const __m256i scl = _mm256_shuffle_epi8(sc_half, pick);
-        ACC_TOKENS(u[k], scl, 128 * c + 32 * k)
-      }
+      for (int k = 0; k < 4; ++k) ACC_TOKENS(u[k], SCALE_PAIR(sc_half, k), 128 * c + 32 * k)
     }
     const float dw = h2f(b[i].d);
     for (int t = 0; t < T; ++t) {
       const act_q8_K& a = actK(A, as, t)[i];
-      // the -32 offset, through the per-16 sums of q8: sum_g sc[g] * bsums[g] in one madd
-      const int off = hsum_i32_8(_mm256_madd_epi16(sc16, _mm256_loadu_si256((const __m256i*)a.bsums)));
-      acc[t] += a.d * dw * (float)(hsum_i32_8(sumi[t]) - 32 * off);
+      // the -32 offset, through the per-16 sums of q8 (sum_g sc[g] * bsums[g] in one madd),
+      // taken off lane by lane: the same integer total, and no horizontal sum per super-block
+      const __m256i off = _mm256_madd_epi16(sc16, _mm256_loadu_si256((const __m256i*)a.bsums));
+      const __m256i tot = _mm256_sub_epi32(sumi[t], _mm256_slli_epi32(off, 5));
+      acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(a.d * dw), _mm256_cvtepi32_ps(tot), acc[t]);
     }
   }
-  for (int t = 0; t < T; ++t) y[t * ys] = acc[t];
+  for (int t = 0; t < T; ++t) y[t * ys] = hsum_float_8(acc[t]);
+}
+
+// The 12 packed scale bytes of a Q3_K super-block -> its 16 6-bit scales (still + 32), as
+// ggml's unpack gives them, in one register: low nibbles of s[0..7] then their high nibbles,
+// with bit pair q of s[8 + j % 4] (q = j / 4) as bits 4, 5 of scale j.
+inline __m128i unpack_scales_q3_x(const uint8_t* scales) {
+  int32_t s8;
+  std::memcpy(&s8, scales + 8, 4);  // 12 bytes only: the block ends 2 bytes after them
+  const __m128i x = _mm_loadl_epi64((const __m128i*)scales);
+  const __m128i lo = _mm_and_si128(_mm_unpacklo_epi64(x, _mm_srli_epi16(x, 4)), _mm_set1_epi8(0xF));
+  const __m128i t = _mm_set1_epi32(s8);  // s[8..11] in every 32-bit quarter
+  const __m128i hi = _mm_blend_epi32(_mm_blend_epi32(_mm_slli_epi16(t, 4), _mm_slli_epi16(t, 2), 0x2),
+                                     _mm_blend_epi32(t, _mm_srli_epi16(t, 2), 0x8), 0xC);
+  return _mm_or_si128(lo, _mm_and_si128(hi, _mm_set1_epi8(0x30)));
 }
 
 // value = d * (s - 32) * (u - 4), u = 2 low bits | hmask bit << 2
@@ -350,35 +364,35 @@ template <int FT>
 void dot_q3_k(DOT_ARGS) {
   const int T = FT ? FT : T_;
   const block_q3_K* b = (const block_q3_K*)w;
-  const __m256i m2 = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
-  float acc[kMaxT];
-  for (int t = 0; t < T; ++t) acc[t] = 0.f;
+  const __m256i m2 = _mm256_set1_epi8(3), bit2 = _mm256_set1_epi8(4);
+  __m256 acc[kMaxT];
+  for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
   for (int64_t i = 0; i < n / QK_K; ++i) {
-    int8_t scales[16];
-    unpack_scales_q3(b[i].scales, scales);
+    const __m256i sc16 = _mm256_sub_epi16(_mm256_cvtepi8_epi16(unpack_scales_q3_x(b[i].scales)), _mm256_set1_epi16(32));
     const __m256i hm = _mm256_loadu_si256((const __m256i*)b[i].hmask);
     __m256i sumi[kMaxT];
     for (int t = 0; t < T; ++t) sumi[t] = _mm256_setzero_si256();
     for (int c = 0; c < 2; ++c) {
       const __m256i bits = _mm256_loadu_si256((const __m256i*)(b[i].qs + 32 * c));
+      const __m256i sc_half = c ? _mm256_permute2x128_si256(sc16, sc16, 0x11) : _mm256_permute2x128_si256(sc16, sc16, 0x00);
       for (int j = 0; j < 4; ++j) {
         const __m256i lo = _mm256_and_si256(_mm256_srli_epi16(bits, 2 * j), m2);
-        const __m256i hi = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hm, 4 * c + j), one), 2);
-        const __m256i u = _mm256_or_si256(lo, hi);
-        const int s = 8 * c + 2 * j;
-        const __m256i scl = scales_2x16(scales[s] - 32, scales[s + 1] - 32);
-        ACC_TOKENS(u, scl, 128 * c + 32 * j)
+        const int hs = 4 * c + j - 2;  // hmask bit 4c + j goes to bit 2
+        const __m256i hsh = hs > 0 ? _mm256_srli_epi16(hm, hs) : hs < 0 ? _mm256_slli_epi16(hm, -hs) : hm;
+        const __m256i u = _mm256_or_si256(lo, _mm256_and_si256(hsh, bit2));
+        ACC_TOKENS(u, SCALE_PAIR(sc_half, j), 128 * c + 32 * j)
       }
     }
     const float dw = h2f(b[i].d);
     for (int t = 0; t < T; ++t) {
       const act_q8_K& a = actK(A, as, t)[i];
-      int off = 0;
-      for (int g = 0; g < 16; ++g) off += (scales[g] - 32) * a.bsums[g];
-      acc[t] += a.d * dw * (float)(hsum_i32_8(sumi[t]) - 4 * off);
+      // the -4 offset through the per-16 sums of q8, lane by lane (as in dot_q6_k)
+      const __m256i off = _mm256_madd_epi16(sc16, _mm256_loadu_si256((const __m256i*)a.bsums));
+      const __m256i tot = _mm256_sub_epi32(sumi[t], _mm256_slli_epi32(off, 2));
+      acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(a.d * dw), _mm256_cvtepi32_ps(tot), acc[t]);
     }
   }
-  for (int t = 0; t < T; ++t) y[t * ys] = acc[t];
+  for (int t = 0; t < T; ++t) y[t * ys] = hsum_float_8(acc[t]);
 }
 
 // value = d * (sc & 15) * u - dmin * (sc >> 4), u = 2 bits
@@ -387,30 +401,37 @@ void dot_q2_k(DOT_ARGS) {
   const int T = FT ? FT : T_;
   const block_q2_K* b = (const block_q2_K*)w;
   const __m256i m2 = _mm256_set1_epi8(3);
-  float acc[kMaxT];
-  for (int t = 0; t < T; ++t) acc[t] = 0.f;
+  __m256 acc[kMaxT], acc_m[kMaxT];
+  for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps(), acc_m[t] = _mm256_setzero_ps();
   for (int64_t i = 0; i < n / QK_K; ++i) {
+    const __m128i sb = _mm_loadu_si128((const __m128i*)b[i].scales);
+    const __m256i sc16 = _mm256_cvtepu8_epi16(_mm_and_si128(sb, _mm_set1_epi8(0xF)));
+    const __m256i mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sb, 4), _mm_set1_epi8(0xF)));
     __m256i sumi[kMaxT];
     for (int t = 0; t < T; ++t) sumi[t] = _mm256_setzero_si256();
     for (int c = 0; c < 2; ++c) {
       const __m256i bits = _mm256_loadu_si256((const __m256i*)(b[i].qs + 32 * c));
+      const __m256i sc_half = c ? _mm256_permute2x128_si256(sc16, sc16, 0x11) : _mm256_permute2x128_si256(sc16, sc16, 0x00);
       for (int j = 0; j < 4; ++j) {
         const __m256i u = _mm256_and_si256(_mm256_srli_epi16(bits, 2 * j), m2);
-        const int s = 8 * c + 2 * j;
-        const __m256i scl = scales_2x16(b[i].scales[s] & 0xF, b[i].scales[s + 1] & 0xF);
-        ACC_TOKENS(u, scl, 128 * c + 32 * j)
+        ACC_TOKENS(u, SCALE_PAIR(sc_half, j), 128 * c + 32 * j)
       }
     }
-    const float dw = h2f(b[i].d), dminw = h2f(b[i].dmin);
+    int32_t dd32;
+    std::memcpy(&dd32, &b[i].d, 4);
+    const __m128 dd = _mm_cvtph_ps(_mm_cvtsi32_si128(dd32));  // [d, dmin, 0, 0]
     for (int t = 0; t < T; ++t) {
       const act_q8_K& a = actK(A, as, t)[i];
-      int msum = 0;
-      for (int g = 0; g < 16; ++g) msum += (b[i].scales[g] >> 4) * a.bsums[g];
-      acc[t] += a.d * (dw * (float)hsum_i32_8(sumi[t]) - dminw * (float)msum);
+      const __m128 ad = _mm_mul_ps(dd, _mm_set1_ps(a.d));  // [a.d * d, a.d * dmin]
+      const __m256i msum = _mm256_madd_epi16(mins, _mm256_loadu_si256((const __m256i*)a.bsums));
+      acc[t] = _mm256_fmadd_ps(_mm256_broadcastss_ps(ad), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+      acc_m[t] = _mm256_fmadd_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(ad)), _mm256_cvtepi32_ps(msum), acc_m[t]);
     }
   }
-  for (int t = 0; t < T; ++t) y[t * ys] = acc[t];
+  for (int t = 0; t < T; ++t) y[t * ys] = hsum_float_8(_mm256_sub_ps(acc[t], acc_m[t]));
 }
+
+#undef SCALE_PAIR
 
 #undef ACC_TOKENS
 
@@ -436,4 +457,3 @@ DotSet dot_for(int64_t type) {
   return DotSet{{nullptr, nullptr, nullptr, nullptr}};
 }
 #undef DOT_PAIR
-
