@@ -91,10 +91,9 @@ def kv_cache_dtype() -> torch.dtype:
     if value not in ("auto", "f16", "f32"):
         raise ValueError(f"LLMLENS_KV_CACHE must be auto, f16 or f32, got {value!r}")
     if value == "auto":
-        from engine import kernels  # noqa: PLC0415
+        from engine.layers import fused_ops  # noqa: PLC0415
 
-        k = kernels.load()
-        value = "f16" if k is not None and hasattr(k, "attn_decode") else "f32"
+        value = "f16" if fused_ops() is not None else "f32"
     return torch.float16 if value == "f16" else torch.float32
 
 

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from engine.trace import Recorder
 
+
 def fused_ops():
     """The compiled kernel module if it has the fused layer ops, else None (plain torch).
     Asked on every call (`kernels.load()` is a cached lookup), so a process that switches the

@@ -84,6 +84,14 @@ class TensorInfo:
         return tuple(reversed(self.shape))
 
 
+def _utf8(raw: bytes) -> str:
+    # Some vocabularies hold invalid UTF-8 pieces; keep them readable (U+FFFD), not fail.
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", errors="replace")
+
+
 class _Cursor:
     """Sequential, bounds-checked reads over the mapped header."""
 
@@ -112,11 +120,7 @@ class _Cursor:
         self.need(length, what)
         raw = bytes(self.buf[self.pos:self.pos + length])
         self.pos += length
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError:
-            # Some vocabularies hold invalid UTF-8 pieces; keep them readable rather than fail.
-            return raw.decode("utf-8", errors="replace")
+        return _utf8(raw)
 
     def count(self, what: str, min_item_size: int) -> int:
         n = self.unpack("Q", what)
@@ -163,11 +167,7 @@ class StringArray(Sequence[str]):
         return len(self._offsets) - 1
 
     def _item(self, i: int) -> str:
-        raw = self._blob[self._offsets[i]:self._offsets[i + 1]]
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError:
-            return raw.decode("utf-8", errors="replace")
+        return _utf8(self._blob[self._offsets[i]:self._offsets[i + 1]])
 
     def __getitem__(self, index):  # int -> str, slice -> list[str]
         n = len(self)
@@ -181,14 +181,9 @@ class StringArray(Sequence[str]):
         return self._item(i)
 
     def __iter__(self) -> Iterator[str]:
-        offsets = self._offsets.tolist()
-        blob = self._blob
+        offsets, blob = self._offsets.tolist(), self._blob
         for a, b in zip(offsets, offsets[1:]):
-            raw = blob[a:b]
-            try:
-                yield raw.decode("utf-8")
-            except UnicodeDecodeError:
-                yield raw.decode("utf-8", errors="replace")
+            yield _utf8(blob[a:b])
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, StringArray) and self._blob == other._blob:

@@ -341,8 +341,7 @@ class Model(abc.ABC):
         in `kv_cache_dtype()`. Sliding-window layers (Gemma 3) get the full context too:
         recorded attention spans every key, and decode steps only slice the window out of it."""
         c = config
-        itemsize = torch.empty(0, dtype=kv_cache_dtype()).element_size()
-        return c.n_layer * c.n_head_kv * (c.head_dim + c.head_dim_v) * itemsize
+        return c.n_layer * c.n_head_kv * (c.head_dim + c.head_dim_v) * kv_cache_dtype().itemsize
 
     def new_cache(self, n_ctx: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
         """An empty cache for n_ctx positions (default: the model's), in `dtype` (default

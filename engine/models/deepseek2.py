@@ -207,9 +207,8 @@ def load_heads_packed(m: Model, name: str, n_head: int) -> tuple[torch.Tensor, i
     from engine.linear import exact_mode  # noqa: PLC0415
 
     info = m.tensor_info(name)
-    k = kernels.load()
-    if exact_mode() or k is None or info.ggml_type not in k.supported_types() or \
-            not hasattr(k, "attn_decode"):
+    k = fused_ops()
+    if exact_mode() or k is None or info.ggml_type not in k.supported_types():
         return None
     raw = np.array(m.gguf.raw(info), copy=True)  # owned: no page faults through the map later
     return torch.from_numpy(raw).view(n_head, info.n_elements // info.shape[-1] // n_head, -1), \
