@@ -9,6 +9,7 @@ smoke test waits for it); SIGINT/SIGTERM close the window as File → Quit does.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import sys
@@ -73,6 +74,23 @@ def run_gui(argv: Sequence[str], *, with_chat: bool = True) -> int:
         return int(app.exec())
     finally:
         lens.shutdown()
+        _delete_windows(lens)
+
+
+def _delete_windows(lens) -> None:
+    """Destroy the window and its dialogs now, while the interpreter is whole.
+
+    Left to PySide's exit hook, the remaining wrapped objects (pyqtgraph's plot items among them)
+    are destroyed in no particular order once Python has begun finalising; a child's destructor
+    then calls a Python override that fails, and shiboken crashes reporting it (SIGSEGV at about
+    one exit in ten). Deleting parents first runs those overrides while they can still work.
+    """
+    import shiboken6
+
+    for widget in (getattr(lens, "first_run_dialog", None), lens.window):
+        if widget is not None and shiboken6.isValid(widget):
+            shiboken6.delete(widget)
+    gc.collect()
 
 
 def _quit_on_signals(app) -> None:
