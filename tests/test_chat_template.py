@@ -207,16 +207,23 @@ BOMBS = [
 ]
 
 
+@pytest.fixture
+def short_deadline(monkeypatch):
+    # The sandbox refuses most bombs outright; the rest must be stopped by the render deadline.
+    # A short one keeps the suite quick; a bomb that escaped both would hang the run, not pass.
+    import engine.chat_template as ct
+
+    monkeypatch.setattr(ct, "TIME_LIMIT_S", 0.5)
+
+
 @pytest.mark.parametrize("bomb", BOMBS)
-def test_runaway_templates_are_bounded(bomb):
-    t0 = time.perf_counter()
+def test_runaway_templates_are_bounded(bomb, short_deadline):
     with pytest.raises(TemplateError):
         render_chat(bomb, CHAT)
-    assert time.perf_counter() - t0 < 15
 
 
-def test_usable_after_a_timeout():
-    with pytest.raises(TemplateError, match="longer than"):
+def test_usable_after_a_timeout(short_deadline):
+    with pytest.raises(TemplateError, match="longer than 0.5 s"):
         render_chat("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}"
                     "{% endfor %}", CHAT)
     time.sleep(0.1)  # a late timer must not hit later code

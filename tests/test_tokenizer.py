@@ -377,14 +377,14 @@ def test_tiny_written_vocab(tmp_path):
 
 @pytest.mark.slow
 def test_default_model_build_time(default_model, capsys):
-    """Reported, not asserted tightly: the machine running the suite is shared."""
+    """The build time is reported, never asserted: the machine running the suite is shared."""
     gf = open_gguf(default_model)
     t0 = time.perf_counter()
     tok = load_tokenizer(gf)
     dt = time.perf_counter() - t0
     with capsys.disabled():
         print(f"\n[tokenizer] Gemma 3 vocabulary ({tok.n_vocab} tokens) built in {dt:.2f} s")
-    assert dt < 20
+    assert tok.n_vocab == len(gf.metadata["tokenizer.ggml.tokens"])
 
 
 # -- CLI -----------------------------------------------------------------------------------------
