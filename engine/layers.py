@@ -206,13 +206,12 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     if (n_tok == 1 and mask is None and k.stride(-1) == 1 and v.stride(-1) == 1
             and (ops := fused_ops()) is not None):
         # A decode step: one pass over the cached keys in their stored dtype. A recorder gets
-        # the probabilities computed apart, so an open inspection panel changes no output.
-        out = ops.attn_decode(q[:, 0], k, v, scale, torch.get_num_threads()).unsqueeze(1)
+        # the kernel's own probabilities, so an open inspection panel changes no output.
+        probs = q.new_empty(n_head, k.shape[1]) if recording else None
+        out = ops.attn_decode(q[:, 0], k, v, scale, torch.get_num_threads(), probs)
         if recording:
-            qg = q.reshape(n_kv, group, q.shape[-1])  # [Hkv, G, D]
-            scores = (qg @ k.to(q.dtype).transpose(1, 2)).mul_(scale)  # [Hkv, G, S]
-            recorder.record("attn_probs", layer, scores.softmax(dim=-1).view(n_head, 1, -1))
-        return out
+            recorder.record("attn_probs", layer, probs.unsqueeze(1))
+        return out.unsqueeze(1)
     if k.dtype != q.dtype:  # a float16 cache
         k, v = k.to(q.dtype), v.to(q.dtype)
     # Small problems (decode steps, prompt chunks of small models): three ops beat SDPA's CPU

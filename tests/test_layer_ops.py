@@ -5,8 +5,10 @@
   threads) equals softmax(q K^T * scale) V computed in float64 from the same stored values,
   for float32 and float16 caches, grouped heads, strided views (a sliding window's slice, MLA's
   values as the first columns of the key rows) and any thread count; bad shapes are refused;
-- with a recorder, decode steps still take the kernel's output (an open inspection panel
-  changes no logit) and record the probabilities computed apart;
+- asked for them, `attn_decode` also writes the attention probabilities (the chunks' weights
+  rescaled by the merged max and sum) without changing its output; with a recorder, decode
+  steps take the kernel's output and its probabilities (an open inspection panel changes no
+  logit);
 - `rope` equals the plain cos/sin rotation, NEOX and adjacent-pair modes, partial rotary widths;
 - a model decoding on a float16 KV cache (the default where the kernel runs) stays within
   float16 rounding of the float32 cache, and `attention()` takes the kernel only where it may
@@ -28,13 +30,17 @@ K = kernels.load()
 pytestmark = pytest.mark.skipif(K is None, reason="the fused kernels are not available")
 
 
-def reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    """softmax(q K^T * scale) V in float64 from the stored (possibly float16) values."""
+def reference_probs(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+    """softmax(q K^T * scale) [Hkv, G, S] in float64 from the stored (possibly float16) keys."""
     hq, d = q.shape
     hkv = k.shape[0]
     qg = q.double().view(hkv, hq // hkv, d)
-    probs = (qg @ k.double().transpose(1, 2) * scale).softmax(-1)  # [Hkv, G, S]
-    return (probs @ v.double()).reshape(hq, -1)
+    return (qg @ k.double().transpose(1, 2) * scale).softmax(-1)
+
+
+def reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """softmax(q K^T * scale) V in float64 from the stored (possibly float16) values."""
+    return (reference_probs(q, k, scale) @ v.double()).reshape(q.shape[0], -1)
 
 
 @pytest.mark.parametrize("rows", [1, 3, 130])
@@ -67,19 +73,26 @@ def test_attn_decode_matches_softmax_attention(hq, hkv, d, dv, s, dtype):
     vbuf = torch.randn(hkv, s + 4, dv + 3, generator=gen).to(dtype)
     k, v = kbuf[:, 5:5 + s], vbuf[:, :s, :dv]
     ref = reference(q, k, v, 0.125)
+    ref_probs = reference_probs(q, k, 0.125).reshape(hq, s)
     for threads in (1, 2, 3):
         out = K.attn_decode(q, k, v, 0.125, threads)
         assert out.shape == (hq, dv) and out.dtype == torch.float32
         torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=2e-6)
+        probs = torch.full((hq, s), float("nan"))
+        assert torch.equal(K.attn_decode(q, k, v, 0.125, threads, probs), out)
+        torch.testing.assert_close(probs.double(), ref_probs, rtol=1e-5, atol=1e-7)
 
 
 def test_attn_decode_mla_values_are_a_prefix_of_the_key_rows():
     gen = torch.Generator().manual_seed(3)
     rows = torch.randn(1, 700, 576, generator=gen).half()  # [c (512), k_pe (64)] per position
     q = torch.randn(16, 576, generator=gen)
-    out = K.attn_decode(q, rows, rows[..., :512], 0.07, 2)
+    probs = torch.empty(16, 700)
+    out = K.attn_decode(q, rows, rows[..., :512], 0.07, 2, probs)
     torch.testing.assert_close(out.double(), reference(q, rows, rows[..., :512], 0.07),
                                rtol=1e-5, atol=2e-6)
+    torch.testing.assert_close(probs.double(), reference_probs(q, rows, 0.07)[0],
+                               rtol=1e-5, atol=1e-7)
 
 
 def test_attn_decode_refuses_bad_shapes():
@@ -94,6 +107,9 @@ def test_attn_decode_refuses_bad_shapes():
         K.attn_decode(q, k.transpose(1, 2).contiguous().transpose(1, 2), k, 1.0, 1)
     with pytest.raises(RuntimeError, match="float16 or float32"):
         K.attn_decode(q, k.double(), k, 1.0, 1)
+    for bad in (torch.empty(4, 9), torch.empty(4, 10).double(), torch.empty(10, 4).T):
+        with pytest.raises(RuntimeError, match="probs must be"):
+            K.attn_decode(q, k, k, 1.0, 1, bad)
 
 
 class Probe:
@@ -126,7 +142,7 @@ def test_attention_takes_the_kernel_only_where_it_may(monkeypatch):
         assert out.dtype == torch.float32
     assert len(calls) == 1  # a mask or two tokens: the explicit product
     # with a recorder the output is still the kernel's (inspecting changes no output) and the
-    # recorder gets the probabilities, computed apart
+    # recorder gets the kernel's probabilities
     probe = Probe(wants=True)
     assert torch.equal(attention(q, k, v, None, 0.3, probe, 0), attention(q, k, v, None, 0.3))
     assert len(calls) == 3 and len(probe.rows) == 1 and probe.rows[0].shape == (4, 1, 9)

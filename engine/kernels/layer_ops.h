@@ -182,12 +182,21 @@ void pv_avx2(const float* p, int64_t ns, const CacheView& V, int64_t h, int64_t 
 
 #endif
 
+// Copies the chunk's unnormalised weights exp(score - m) [G, n] into columns [s0, s0 + n) of
+// rows `stride` apart: the caller rescales them once every chunk's max and sum are known.
+inline void keep_weights(const float* sc, int64_t G, int64_t n, float* probs, int64_t stride, int64_t s0) {
+  if (probs == nullptr) return;
+  for (int64_t g = 0; g < G; ++g) std::copy(sc + g * n, sc + (g + 1) * n, probs + g * stride + s0);
+}
+
 // Partial softmax attention of the G query heads of kv head h over keys [s0, s1): the running
 // max m[g], the sum l[g] of exp(score - m) and acc[g] = sum exp(score - m) v (Dv values each).
-// `work` is scratch space (G * (s1 - s0) scores plus staging rows).
+// `work` is scratch space (G * (s1 - s0) scores plus staging rows). With `probs`, the weights
+// also go to probs[g * probs_stride + s] (see keep_weights), for an inspection recorder.
 inline void attend_chunk(const float* q, int64_t G, int64_t D, const CacheView& K, const CacheView& V,
                          int64_t h, int64_t s0, int64_t s1, float scale, float* m, float* l,
-                         float* acc, std::vector<float>& work) {
+                         float* acc, std::vector<float>& work, float* probs = nullptr,
+                         int64_t probs_stride = 0) {
   const int64_t n = s1 - s0, Dv = V.width;
   work.resize((size_t)(G * n + D + Dv));
   float* sc = work.data();  // [G, n]
@@ -228,6 +237,7 @@ inline void attend_chunk(const float* q, int64_t G, int64_t D, const CacheView& 
       m[g] = mx;
       l[g] = sum;
     }
+    keep_weights(sc, G, n, probs, probs_stride, s0);
     for (int64_t g0 = 0; g0 < G; g0 += 8) {
       const int64_t gn = std::min<int64_t>(8, G - g0);
       const float* p = sc + g0 * n;
@@ -258,6 +268,7 @@ inline void attend_chunk(const float* q, int64_t G, int64_t D, const CacheView& 
     m[g] = mx;
     l[g] = sum;
   }
+  keep_weights(sc, G, n, probs, probs_stride, s0);
   for (int64_t j = 0; j < n; ++j) {
     const float* vr = (const float*)V.row(h, s0 + j);
     if (V.f16) load_row(vr, true, Dv, vrow), vr = vrow;

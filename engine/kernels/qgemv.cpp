@@ -341,8 +341,12 @@ layer_ops::CacheView cache_view(const torch::Tensor& t, const char* what) {
 // q [Hq, D] f32, k [Hkv, S, D], v [Hkv, S, Dv] (f16 or f32, rows contiguous, any head/row
 // stride) -> [Hq, Dv] f32. Query head i reads kv head i / (Hq / Hkv). Keys are split into
 // chunks over the threads, each with its own softmax max and sum, merged at the end
-// (flash-decoding), so one kv head (MQA, MLA) still uses every thread.
-torch::Tensor attn_decode(torch::Tensor q, torch::Tensor k, torch::Tensor v, double scale, int64_t nthreads) {
+// (flash-decoding), so one kv head (MQA, MLA) still uses every thread. With `probs` (a
+// contiguous float32 [Hq, S]), the attention probabilities are written there as well: the
+// chunks' weights rescaled by the merged max and sum, so recording them costs one pass over
+// Hq * S floats instead of a second product with every key.
+torch::Tensor attn_decode(torch::Tensor q, torch::Tensor k, torch::Tensor v, double scale, int64_t nthreads,
+                          c10::optional<torch::Tensor> probs) {
   TORCH_CHECK(q.device().is_cpu() && q.scalar_type() == torch::kFloat32 && q.dim() == 2,
               "attn_decode: q must be CPU float32 [Hq, D]");
   q = q.contiguous();
@@ -353,6 +357,13 @@ torch::Tensor attn_decode(torch::Tensor q, torch::Tensor k, torch::Tensor v, dou
   TORCH_CHECK(Hkv > 0 && Hq % Hkv == 0, "attn_decode: ", Hq, " query heads do not group over ", Hkv, " kv heads");
   TORCH_CHECK(S > 0, "attn_decode: no keys");
   const int64_t G = Hq / Hkv;
+  float* P = nullptr;
+  if (probs.has_value()) {
+    TORCH_CHECK(probs->device().is_cpu() && probs->scalar_type() == torch::kFloat32 && probs->is_contiguous() &&
+                    probs->dim() == 2 && probs->size(0) == Hq && probs->size(1) == S,
+                "attn_decode: probs must be a contiguous CPU float32 [", Hq, ", ", S, "] tensor");
+    P = probs->data_ptr<float>();
+  }
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>((2 * nthreads + Hkv - 1) / Hkv, S / 64));
   const int64_t items = Hkv * chunks;
   std::vector<float> m(items * G), l(items * G), acc(items * G * Dv);
@@ -366,7 +377,7 @@ torch::Tensor attn_decode(torch::Tensor q, torch::Tensor k, torch::Tensor v, dou
       const int64_t h = it / chunks, c = it % chunks;
       layer_ops::attend_chunk(Q + h * G * D, G, D, K, V, h, S * c / chunks, S * (c + 1) / chunks,
                               (float)scale, m.data() + it * G, l.data() + it * G,
-                              acc.data() + it * G * Dv, work);
+                              acc.data() + it * G * Dv, work, P ? P + h * G * S : nullptr, S);
     }
   }
   auto out = torch::zeros({Hq, Dv}, q.options());
@@ -384,6 +395,13 @@ torch::Tensor attn_decode(torch::Tensor q, torch::Tensor k, torch::Tensor v, dou
         layer_ops::axpy(f, acc.data() + at * Dv, o, Dv);
       }
       for (int64_t d = 0; d < Dv; ++d) o[d] /= L;
+      if (P != nullptr) {
+        float* p = P + (h * G + g) * S;
+        for (int64_t c = 0; c < chunks; ++c) {
+          const float f = std::exp(m[(h * chunks + c) * G + g] - M) / L;
+          for (int64_t s = S * c / chunks; s < S * (c + 1) / chunks; ++s) p[s] *= f;
+        }
+      }
     }
   return out;
 }
@@ -426,7 +444,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("x"), py::arg("c"), py::arg("s"), py::arg("neox"));
   m.def("attn_decode", &attn_decode, "one query position's attention over cached keys/values",
         py::arg("q"), py::arg("k"), py::arg("v"), py::arg("scale"), py::arg("nthreads"),
-        py::call_guard<py::gil_scoped_release>());
+        py::arg("probs") = py::none(), py::call_guard<py::gil_scoped_release>());
   m.def("supported_types", &supported_types);
   m.def("isa", &isa, "instruction set of the dot kernels in use");
   m.def("use_isa", &use_isa, "switch the dot kernels to another instruction set", py::arg("name"));

@@ -286,8 +286,8 @@ class MLAttention:
         if T == 1 and a.mask is None and (ops := fused_ops()) is not None:
             # A decode step: one fused pass over the cached latents in their stored dtype
             # (float16: no float32 copy of the whole cache per layer). Keys are [c, k_pe],
-            # values c, the first L columns of the same rows. A recorder gets the
-            # probabilities computed apart, so inspecting changes no output.
+            # values c, the first L columns of the same rows. A recorder gets the kernel's
+            # own probabilities, so inspecting changes no output.
             rows = cache.update(self.layer, step.start_pos, ckv, raw=True)[None]  # [1, S, L + rope]
             nt = torch.get_num_threads()
             if self.kb_packed is not None:  # each head's W_kb through its own segment
@@ -296,10 +296,11 @@ class MLAttention:
             else:
                 q_lat = torch.bmm(q_nope, self.w_kb)[:, 0]                     # [H, L]
             q_cat = torch.cat((q_lat, q_pe[:, 0]), dim=-1)                     # [H, L + rope]
-            o_lat = ops.attn_decode(q_cat, rows, rows[..., :L], self.kq_scale, nt)  # [H, L]
-            if step.recorder is not None and step.recorder.wants("attn_probs"):
-                scores = (q_cat @ rows[0].float().T).mul_(self.kq_scale)       # [H, S]
-                step.recorder.record("attn_probs", self.layer, scores.softmax(-1)[:, None])
+            recording = step.recorder is not None and step.recorder.wants("attn_probs")
+            probs = q_cat.new_empty(H, rows.shape[1]) if recording else None      # [H, S]
+            o_lat = ops.attn_decode(q_cat, rows, rows[..., :L], self.kq_scale, nt, probs)  # [H, L]
+            if recording:
+                step.recorder.record("attn_probs", self.layer, probs[:, None])
             if self.vb_packed is not None:
                 o = ops.moe_gemm(self.vb_packed[0], self.vb_packed[1], self.heads,
                                  self.one_each, o_lat, nt)                     # [H, v]
