@@ -71,25 +71,30 @@ void deq_mxfp4_avx2(const uint8_t* src, float* y, int64_t n) {
   }
 }
 
+// One half (c = 0 or 1: 128 values) of a Q6_K super-block as four registers of 32 unsigned
+// 6-bit values: 4 low bits from ql, bit pair k of qh (bits 2k, 2k+1) shifted straight to bits 4
+// and 5 and masked once. Shared by the dequantizer and both builds of dot_q6_k.
+inline void unpack_q6_k_half(const uint8_t* ql, const uint8_t* qh, int c, __m256i u[4]) {
+  const __m256i m4 = _mm256_set1_epi8(0xF), m30 = _mm256_set1_epi8(0x30);
+  const __m256i hb = _mm256_loadu_si256((const __m256i*)(qh + 32 * c));
+  const __m256i b1 = _mm256_loadu_si256((const __m256i*)(ql + 64 * c));
+  const __m256i b2 = _mm256_loadu_si256((const __m256i*)(ql + 64 * c + 32));
+  u[0] = _mm256_or_si256(_mm256_and_si256(b1, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 4), m30));
+  u[1] = _mm256_or_si256(_mm256_and_si256(b2, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 2), m30));
+  u[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b1, 4), m4), _mm256_and_si256(hb, m30));
+  u[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b2, 4), m4),
+                         _mm256_and_si256(_mm256_srli_epi16(hb, 2), m30));
+}
+
 void deq_q6_k_avx2(const uint8_t* src, float* y, int64_t n) {
   const block_q6_K* b = (const block_q6_K*)src;
-  const __m256i m4 = _mm256_set1_epi8(0xF), m2 = _mm256_set1_epi8(3), m32 = _mm256_set1_epi8(32);
+  const __m256i m32 = _mm256_set1_epi8(32);
   for (int64_t i = 0; i < n / QK_K; ++i) {
     const float d = h2f(b[i].d);
     const int8_t* sc = b[i].scales;
     for (int c = 0; c < 2; ++c, y += 128) {
-      const __m256i hb = _mm256_loadu_si256((const __m256i*)(b[i].qh + 32 * c));
-      const __m256i b1 = _mm256_loadu_si256((const __m256i*)(b[i].ql + 64 * c));
-      const __m256i b2 = _mm256_loadu_si256((const __m256i*)(b[i].ql + 64 * c + 32));
-      const __m256i u[4] = {
-          _mm256_or_si256(_mm256_and_si256(b1, m4), _mm256_slli_epi16(_mm256_and_si256(hb, m2), 4)),
-          _mm256_or_si256(_mm256_and_si256(b2, m4),
-                          _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2), m2), 4)),
-          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b1, 4), m4),
-                          _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 4), m2), 4)),
-          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b2, 4), m4),
-                          _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 6), m2), 4)),
-      };
+      __m256i u[4];
+      unpack_q6_k_half(b[i].ql, b[i].qh, c, u);
       for (int k = 0; k < 4; ++k) {
         const int s = 8 * c + 2 * k;
         store_i8x32(_mm256_sub_epi8(u[k], m32), d * sc[s], d * sc[s + 1], y + 32 * k);

@@ -306,7 +306,6 @@ template <int FT>
 void dot_q6_k(DOT_ARGS) {
   const int T = FT ? FT : T_;
   const block_q6_K* b = (const block_q6_K*)w;
-  const __m256i m4 = _mm256_set1_epi8(0xF), m30 = _mm256_set1_epi8(0x30);
   __m256 acc[kMaxT];
   for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
   for (int64_t i = 0; i < n / QK_K; ++i) {
@@ -318,17 +317,8 @@ void dot_q6_k(DOT_ARGS) {
     __m256i sumi[kMaxT];
     for (int t = 0; t < T; ++t) sumi[t] = _mm256_setzero_si256();
     for (int c = 0; c < 2; ++c) {
-      const __m256i hb = _mm256_loadu_si256((const __m256i*)(qh + 32 * c));
-      const __m256i b1 = _mm256_loadu_si256((const __m256i*)(ql + 64 * c));
-      const __m256i b2 = _mm256_loadu_si256((const __m256i*)(ql + 64 * c + 32));
-      // high bit pair k of hb (bits 2k, 2k+1) shifted straight to bits 4, 5 and masked once
-      const __m256i u[4] = {
-          _mm256_or_si256(_mm256_and_si256(b1, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 4), m30)),
-          _mm256_or_si256(_mm256_and_si256(b2, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 2), m30)),
-          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b1, 4), m4), _mm256_and_si256(hb, m30)),
-          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b2, 4), m4),
-                          _mm256_and_si256(_mm256_srli_epi16(hb, 2), m30)),
-      };
+      __m256i u[4];
+      unpack_q6_k_half(ql, qh, c, u);
       const __m256i sc_half = c ? sc_hi : sc_lo;
       for (int k = 0; k < 4; ++k) ACC_TOKENS(u[k], SCALE_PAIR(sc_half, k), 128 * c + 32 * k)
     }
