@@ -34,6 +34,8 @@ from typing import Any, Callable
 import psutil
 import torch
 
+from engine.weight_memory import weight_pages
+
 TTFT_PROMPT_TOKENS = 32
 
 
@@ -196,6 +198,7 @@ class BenchResult:
     kernel_isa: str = ""
     kernel_path: str = ""
     kernel_reason: str = ""
+    weight_pages: str = field(default_factory=weight_pages)
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -217,6 +220,7 @@ class BenchResult:
         out.update({
             "cpu": self.cpu, "cpu_isas": list(self.cpu_isas), "kernel_isa": self.kernel_isa,
             "kernel_path": self.kernel_path, "kernel_reason": self.kernel_reason,
+            "weight_pages": self.weight_pages,
             "kv_cache_bytes_per_token": self.kv_cache_bytes_per_token,
             "decode_weight_bytes_per_token": self.decode_weight_bytes,
             "decode_kv_bytes_per_token": self.decode_kv_bytes,
@@ -269,10 +273,14 @@ def run_bench(path: str | Path, n_prompt: int = 512, n_gen: int = 128, threads: 
     threads = threads or default_threads()
     torch.set_num_threads(threads)
     path = Path(path)
+    try:
+        file_size = path.stat().st_size
+    except OSError as exc:  # the loader's wording, one line, not a traceback
+        raise LLMLensError(f"{path}: cannot open ({exc.strerror or exc})") from None
     gc.collect()
     status = kernels.status()
     result = BenchResult(model=str(path), threads=threads, n_prompt=n_prompt, n_gen=n_gen,
-                         file_size_mb=path.stat().st_size / 2**20,
+                         file_size_mb=file_size / 2**20,
                          rss_before_load_mb=rss_mb(), peak_rss_mb=0.0, depth=depth,
                          kernel_isa=kernel_isa(), kernel_path=status.path,
                          kernel_reason=status.reason)

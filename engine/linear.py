@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from engine.gguf.dequant import dequantize, dequantize_row_ids
 from engine.gguf.reader import GGUFFile, TensorInfo
+from engine.weight_memory import arena_for
 
 __all__ = ["Linear", "Embedding", "load_stacked", "copy_out", "release_all", "exact_weights", "exact_mode",
            "release_pages"]
@@ -106,8 +107,11 @@ def copy_out(gf: GGUFFile, infos: list[TensorInfo]) -> torch.Tensor:
 
     Copied a chunk at a time, each chunk's file pages released right after: a tensor never
     sits in RSS twice (owned copy + mapped pages), so the load peak is the model plus 8 MB.
+    The copy lives in huge pages where the OS has them (engine/weight_memory.py).
     """
-    out = torch.empty(sum(i.n_bytes for i in infos), dtype=torch.uint8)
+    n_bytes = sum(i.n_bytes for i in infos)
+    arena = arena_for(gf)
+    out = arena.empty(n_bytes) if arena is not None else torch.empty(n_bytes, dtype=torch.uint8)
     dst = out.numpy()
     pos = 0
     for info in infos:

@@ -179,3 +179,18 @@ def test_fuzz_mutations_and_truncations(tmp_path, valid_bytes, data):
         from engine.gguf.summary import summarize
 
         summarize(gf)
+
+
+@pytest.mark.parametrize("argv", [
+    ["info"], ["tokenize", "{path}", "hi"], ["generate", "{path}", "-p", "hi", "-n", "1"],
+    ["logits", "{path}", "--ids", "1", "--out", "{tmp}/l.npy"],
+    ["trace", "{path}", "--ids", "1", "--out", "{tmp}/t.npz"],
+    ["bench", "{path}", "-p", "4", "-n", "1", "--reps", "1", "--no-bandwidth"],
+    ["bench", "{path}", "--inspect"], ["bench", "{path}", "-d", "8", "--json"],
+], ids=lambda a: " ".join(x for x in a if not x.startswith("{")))
+def test_every_command_refuses_a_missing_file_in_one_line(tmp_path, capsys, argv):
+    path = tmp_path / "absent.gguf"
+    args = [a.format(path=path, tmp=tmp_path) for a in argv]
+    if "{path}" not in argv:
+        args.append(str(path))
+    _assert_one_line_error(main(args), capsys.readouterr().err, path, "cannot open")

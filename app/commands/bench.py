@@ -94,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
 def _print_machine(s: dict) -> None:
     print(f"cpu     {s['cpu']}; has {' '.join(s['cpu_isas']) or 'no SIMD flags reported'}")
     print(f"kernels {s['kernel_isa']} ({s['kernel_path']}: {s['kernel_reason']})")
+    if s.get("weight_pages"):
+        print(f"weights {s['weight_pages']}")
 
 
 def _print_bound(s: dict) -> None:
