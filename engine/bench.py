@@ -198,7 +198,7 @@ class BenchResult:
     kernel_isa: str = ""
     kernel_path: str = ""
     kernel_reason: str = ""
-    weight_pages: str = field(default_factory=weight_pages)
+    weight_pages: str = ""
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -291,6 +291,7 @@ def run_bench(path: str | Path, n_prompt: int = 512, n_gen: int = 128, threads: 
         load_s = time.perf_counter() - t0
         bos = getattr(model, "bos_id", None)
         if rep == 0:
+            result.weight_pages = weight_pages(getattr(model, "gguf", None))
             result.kv_cache_bytes_per_token = int(model.cache_bytes_per_token)
             result.decode_weight_bytes, result.decode_kv_bytes = decode_read_bytes(
                 model, depth + n_prompt + n_gen / 2)  # the mean context of the timed steps

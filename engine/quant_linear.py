@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import threading
 
-import numpy as np
 import torch
 
 from engine import kernels
 from engine.errors import UnsupportedTypeError
 from engine.gguf.dequant import block_layout, dequantize_raw
 from engine.gguf.reader import GGUFFile, TensorInfo, ggml_type_name
+from engine.linear import copy_out
 
 __all__ = ["QuantLinear", "supported", "GEMV_MAX_T", "KERNEL_MAX_T", "kernel_max_t", "CHUNK_BYTES"]
 
@@ -105,8 +105,7 @@ class QuantLinear:
         if len(info.shape) != 2:
             raise ValueError(f"{info.name}: expected a 2-D weight, got shape {info.shape}")
         out_f, in_f = info.shape
-        raw = np.array(gf.raw(info), copy=True)  # owned and writable: no mmap page faults later
-        packed = torch.from_numpy(raw).view(out_f, -1)  # [out, row_bytes]
+        packed = copy_out(gf, [info]).view(out_f, -1)  # [out, row_bytes], owned, as a model's
         b = dequantize_raw(gf.raw(bias), bias.ggml_type, bias.shape) if bias is not None else None
         return cls(packed, info.ggml_type, in_f, b, name=info.name, threads=threads)
 
@@ -117,7 +116,7 @@ class QuantLinear:
         if len(info.shape) != 3:
             raise ValueError(f"{info.name}: expected a 3-D expert tensor, got shape {info.shape}")
         n_exp, out_f, in_f = info.shape
-        packed = torch.from_numpy(np.array(gf.raw(info), copy=True)).view(n_exp, out_f, -1)
+        packed = copy_out(gf, [info]).view(n_exp, out_f, -1)
         return [cls(packed[e], info.ggml_type, in_f, name=f"{info.name}[{e}]", threads=threads)
                 for e in range(n_exp)]
 

@@ -45,8 +45,9 @@ def _thp_mode() -> str | None:
     return text[start + 1:end] if 0 <= start < end else None
 
 
-def weight_pages() -> str:
-    """Where packed weights live, for `llmlens bench` ("huge pages (THP madvise)", ...)."""
+def weight_pages(owner: object | None = None) -> str:
+    """Where packed weights live, for `llmlens bench` ("huge pages (THP madvise)", ...); given
+    the model's open file, whether its weights really went to an arena."""
     if os.environ.get("LLMLENS_HUGE_PAGES", "") == "0":
         return "4 KiB pages (LLMLENS_HUGE_PAGES=0)"
     if not huge_pages_enabled():
@@ -54,6 +55,8 @@ def weight_pages() -> str:
     mode = _thp_mode()
     if mode == "never":
         return "4 KiB pages (transparent huge pages are off: THP never)"
+    if owner is not None and getattr(owner, "_weight_arena", None) is None:
+        return "4 KiB pages (no packed weight copied: portable path or float32 weights)"
     return f"huge pages (THP {mode})" if mode else "huge pages (asked for; THP mode unknown)"
 
 
@@ -107,9 +110,5 @@ def arena_for(owner: object) -> WeightArena | None:
         return None
     arena = getattr(owner, "_weight_arena", None)
     if arena is None:
-        arena = WeightArena()
-        try:
-            owner._weight_arena = arena
-        except AttributeError:  # an owner that takes no attributes: one arena per call
-            pass
+        arena = owner._weight_arena = WeightArena()
     return arena

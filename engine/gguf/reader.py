@@ -11,12 +11,12 @@ is used, so a corrupt header raises `GGUFError` instead of allocating gigabytes.
 from __future__ import annotations
 
 import mmap
+import operator
 import os
 import struct
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-import operator
-from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
